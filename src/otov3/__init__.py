@@ -1,13 +1,19 @@
 """otov3: automatic sub-network search in general super-networks."""
 
+from otov3.api import OTO
 from otov3.errors import CaptureError, ConstructionError, DataError, OptimizerError, OTOError, SearchSpaceError
+from otov3.space import Group, GroupKind, ParamSlice
 
 __all__ = [
+    "OTO",
     "CaptureError",
     "ConstructionError",
     "DataError",
+    "Group",
+    "GroupKind",
     "OTOError",
     "OptimizerError",
+    "ParamSlice",
     "SearchSpaceError",
 ]
 __version__ = "0.1.0"

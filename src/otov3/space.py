@@ -7,13 +7,13 @@ The graph layer (`otov3.graph`) works on names only; these records bind those na
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 import torch
 from torch import nn
 
 
-class GroupKind(str, Enum):
+class GroupKind(StrEnum):
     GEZIG = "gezig"
     COMPLEMENTARY = "complementary"
 
@@ -50,11 +50,12 @@ class Group:
         kind: GeZIG or complementary.
         slices: the parameter (slices) the group owns; together all groups cover every trainable scalar once.
         vertices: names of the trace vertices (fx nodes) the group spans.
-        segment: id of the dependency-graph segment the group comes from.
+        segment: id of the (first) dependency-graph segment the group comes from.
         reason: why a complementary group is not removable (``None`` for GeZIGs).
         reset_buffers: running means of non-affine norms inside the group; zeroed when the group is projected,
             so that a zero group outputs exactly 0 in eval mode too (spec §6.2).
         macs: multiply-accumulates of the group's operations for one sample (tie-breaks, reports).
+        segments: every segment the group spans (several only when segments share weights).
     """
 
     name: str
@@ -65,6 +66,7 @@ class Group:
     reason: str | None = None
     reset_buffers: tuple[torch.Tensor, ...] = field(default=())
     macs: int = 0
+    segments: tuple[int, ...] = ()
 
     @property
     def is_gezig(self) -> bool:

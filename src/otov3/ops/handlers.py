@@ -1,0 +1,267 @@
+"""Entries of the op-handler table (spec §2.2). Importing this module fills the table."""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from otov3.graph.types import ChannelRule, JointRule, OpTraits, VertexKind
+from otov3.ops.registry import OpContext, register
+
+A = VertexKind.ACCESSORY
+
+
+def _prod(xs) -> int:
+    return math.prod(xs) if xs else 1
+
+
+def _shape_rule(ctx: OpContext) -> ChannelRule:
+    """Channel rule of a shape-changing op from its traced shapes: keeps dim 1, flattens it, or neither."""
+    src = ctx.in_shapes[0] if ctx.in_shapes else None
+    out = ctx.out_shape
+    if src is None or out is None or len(src) < 2 or len(out) < 2:
+        return ChannelRule.BLOCK
+    if out[:2] == src[:2]:
+        return ChannelRule.PASS
+    if len(out) == 2 and out[0] == src[0] and out[1] == _prod(src[1:]) and len(src) > 2:
+        return ChannelRule.FLATTEN
+    return ChannelRule.BLOCK
+
+
+# --- stems -----------------------------------------------------------------------------------------------
+
+
+def _conv_macs(ctx: OpContext) -> int:
+    m = ctx.module
+    if ctx.out_shape is None:
+        return 0
+    return _prod(ctx.out_shape[1:]) * (m.in_channels // m.groups) * _prod(m.kernel_size)
+
+
+def _conv_transpose_macs(ctx: OpContext) -> int:
+    m, src = ctx.module, ctx.in_shapes[0]
+    if src is None:
+        return 0
+    return _prod(src[1:]) * (m.out_channels // m.groups) * _prod(m.kernel_size)
+
+
+@register(modules=(nn.Conv1d, nn.Conv2d, nn.Conv3d), macs=_conv_macs)
+def _conv(ctx: OpContext) -> OpTraits:
+    m = ctx.module
+    return OpTraits(
+        VertexKind.STEM,
+        zeroing=True,
+        zero_preserving=m.bias is None,
+        channel=ChannelRule.CONSUME if m.groups == 1 else ChannelRule.BLOCK,
+    )
+
+
+@register(modules=(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), macs=_conv_transpose_macs)
+def _conv_transpose(ctx: OpContext) -> OpTraits:
+    m = ctx.module
+    return OpTraits(
+        VertexKind.STEM,
+        zeroing=True,
+        zero_preserving=m.bias is None,
+        channel=ChannelRule.CONSUME if m.groups == 1 else ChannelRule.BLOCK,
+    )
+
+
+def _linear_macs(ctx: OpContext) -> int:
+    src = ctx.in_shapes[0]
+    m = ctx.module
+    lead = _prod(src[1:-1]) if src is not None and len(src) > 2 else 1
+    return lead * m.in_features * m.out_features
+
+
+@register(modules=(nn.Linear,), macs=_linear_macs)
+def _linear(ctx: OpContext) -> OpTraits:
+    src = ctx.in_shapes[0] if ctx.in_shapes else None
+    two_d = src is not None and len(src) == 2
+    return OpTraits(
+        VertexKind.STEM,
+        zeroing=True,
+        zero_preserving=ctx.module.bias is None,
+        channel=ChannelRule.CONSUME if two_d else ChannelRule.BLOCK,
+    )
+
+
+@register(modules=(nn.Embedding,))
+def _embedding(ctx: OpContext) -> OpTraits:
+    return OpTraits(VertexKind.STEM, zeroing=True)
+
+
+# --- normalisation ---------------------------------------------------------------------------------------
+
+
+@register(modules=(nn.modules.batchnorm._BatchNorm,))
+def _batch_norm(ctx: OpContext) -> OpTraits:
+    m = ctx.module
+    if m.affine:
+        per_channel = (ctx.qualify("weight"), ctx.qualify("bias"))
+        return OpTraits(A, zeroing=True, channel=ChannelRule.PASS, per_channel_params=per_channel)
+    # gamma/beta absent: eval output of a zero input is -mu/sigma, 0 once the running mean is reset (spec §6.2)
+    return OpTraits(A, resettable=m.track_running_stats, zero_preserving=not m.track_running_stats,
+                    channel=ChannelRule.PASS)
+
+
+@register(modules=(nn.modules.instancenorm._InstanceNorm,))
+def _instance_norm(ctx: OpContext) -> OpTraits:
+    m = ctx.module
+    if m.affine:
+        per_channel = (ctx.qualify("weight"), ctx.qualify("bias"))
+        return OpTraits(A, zeroing=True, channel=ChannelRule.PASS, per_channel_params=per_channel)
+    return OpTraits(A, resettable=m.track_running_stats, zero_preserving=not m.track_running_stats,
+                    channel=ChannelRule.PASS)
+
+
+@register(modules=(nn.GroupNorm,))
+def _group_norm(ctx: OpContext) -> OpTraits:
+    m = ctx.module
+    per_channel_ok = m.num_groups == m.num_channels
+    per_channel = (ctx.qualify("weight"), ctx.qualify("bias")) if m.affine and per_channel_ok else ()
+    return OpTraits(
+        A,
+        zeroing=m.affine,
+        zero_preserving=not m.affine,
+        channel=ChannelRule.PASS if per_channel_ok else ChannelRule.BLOCK,
+        per_channel_params=per_channel,
+    )
+
+
+@register(modules=(nn.LayerNorm,))
+def _layer_norm(ctx: OpContext) -> OpTraits:
+    affine = ctx.module.elementwise_affine
+    return OpTraits(A, zeroing=affine and ctx.module.bias is not None, zero_preserving=not affine)
+
+
+# --- element-wise, pooling, resizing: zero-preserving, channels pass -------------------------------------
+
+_ZERO_PRESERVING_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Mish, nn.ELU, nn.CELU, nn.SELU, nn.Tanh,
+    nn.Hardswish, nn.Hardtanh, nn.Softsign, nn.Tanhshrink, nn.Hardshrink, nn.Softshrink, nn.Identity,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d,
+    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, nn.PixelShuffle, nn.PixelUnshuffle,
+    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d,
+    nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d,
+)
+_ZERO_PRESERVING_FUNCTIONS = (
+    F.relu, torch.relu, F.relu6, F.leaky_relu, F.gelu, F.silu, F.mish, F.elu, F.celu, F.selu, torch.tanh,
+    F.tanh, F.hardswish, F.hardtanh, F.dropout, F.dropout2d, F.max_pool1d, F.max_pool2d, F.max_pool3d,
+    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+    F.adaptive_max_pool2d, F.interpolate, torch.nn.functional.upsample, torch.neg, operator.neg,
+)
+_ZERO_PRESERVING_METHODS = (
+    "relu", "tanh", "neg", "contiguous", "clone", "float", "detach", "to", "type_as",
+)
+
+
+@register(modules=_ZERO_PRESERVING_MODULES, functions=_ZERO_PRESERVING_FUNCTIONS,
+          methods=_ZERO_PRESERVING_METHODS)
+def _elementwise(ctx: OpContext) -> OpTraits:
+    # Per-channel ops: a shape check keeps e.g. PixelShuffle (which mixes channels) from passing intervals.
+    return OpTraits(A, zero_preserving=True, channel=_shape_rule(ctx))
+
+
+@register(modules=(nn.PReLU,))
+def _prelu(ctx: OpContext) -> OpTraits:
+    return OpTraits(A, zero_preserving=True, channel=_shape_rule(ctx) if ctx.module.num_parameters == 1
+                    else ChannelRule.BLOCK)
+
+
+@register(modules=(nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d))
+def _constant_pad(ctx: OpContext) -> OpTraits:
+    return OpTraits(A, zero_preserving=ctx.module.value == 0, channel=_shape_rule(ctx))
+
+
+@register(functions=(F.pad,))
+def _pad(ctx: OpContext) -> OpTraits:
+    value = ctx.arg(3, "value", None) or 0
+    mode = ctx.arg(2, "mode", "constant")
+    return OpTraits(A, zero_preserving=(mode != "constant" or value == 0), channel=_shape_rule(ctx))
+
+
+_NON_ZERO_PRESERVING_MODULES = (
+    nn.Sigmoid, nn.Hardsigmoid, nn.Softplus, nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.LogSigmoid,
+)
+_NON_ZERO_PRESERVING_FUNCTIONS = (
+    torch.sigmoid, F.sigmoid, F.hardsigmoid, F.softplus, F.softmax, F.log_softmax, torch.exp, torch.cos,
+    F.logsigmoid, torch.softmax,
+)
+
+
+@register(modules=_NON_ZERO_PRESERVING_MODULES, functions=_NON_ZERO_PRESERVING_FUNCTIONS,
+          methods=("sigmoid", "exp", "softmax", "log_softmax", "cos"))
+def _non_zero_preserving(ctx: OpContext) -> OpTraits:
+    return OpTraits(A, zero_preserving=False, channel=_shape_rule(ctx))
+
+
+# --- reshaping -------------------------------------------------------------------------------------------
+
+
+@register(modules=(nn.Flatten, nn.Unflatten), functions=(torch.flatten, torch.reshape, torch.squeeze,
+          torch.unsqueeze, torch.permute, torch.transpose, operator.getitem, torch.mean, torch.sum, torch.amax),
+          methods=("flatten", "view", "reshape", "squeeze", "unsqueeze", "permute", "transpose", "mean", "sum",
+                   "amax", "view_as", "reshape_as", "expand", "expand_as"))
+def _reshape(ctx: OpContext) -> OpTraits:
+    return OpTraits(A, zero_preserving=True, channel=_shape_rule(ctx))
+
+
+@register(functions=(torch.chunk, torch.split, torch.unbind), methods=("chunk", "split", "unbind"))
+def _split(ctx: OpContext) -> OpTraits:
+    return OpTraits(A, zero_preserving=True)
+
+
+# --- joints and merges -----------------------------------------------------------------------------------
+
+
+def _constant_operand_is_zero(ctx: OpContext) -> bool:
+    consts = [a for a in ctx.node.args if not isinstance(a, torch.fx.Node)]
+    return all(isinstance(c, int | float) and c == 0 for c in consts)
+
+
+@register(functions=(operator.add, operator.iadd, torch.add), methods=("add", "add_"))
+def _add(ctx: OpContext) -> OpTraits:
+    if ctx.tensor_operands >= 2:
+        return OpTraits(VertexKind.JOINT, joint=JointRule.ADD)
+    # Adding a constant: 0 maps to the constant, so zero-preserving only for a literal 0.
+    return OpTraits(A, zero_preserving=_constant_operand_is_zero(ctx), channel=ChannelRule.BLOCK)
+
+
+@register(functions=(operator.sub, operator.isub, torch.sub), methods=("sub",))
+def _sub(ctx: OpContext) -> OpTraits:
+    if ctx.tensor_operands >= 2:
+        return OpTraits(VertexKind.JOINT, joint=JointRule.SUB)
+    return OpTraits(A, zero_preserving=_constant_operand_is_zero(ctx), channel=ChannelRule.BLOCK)
+
+
+@register(functions=(operator.mul, operator.imul, torch.mul, operator.truediv, torch.div),
+          methods=("mul", "div"))
+def _scale_or_gate(ctx: OpContext) -> OpTraits:
+    if ctx.tensor_operands >= 2:
+        return OpTraits(VertexKind.MERGE, reason="multiplies activations (dropping an input is not exact)")
+    return OpTraits(A, zero_preserving=True, channel=_shape_rule(ctx))
+
+
+@register(functions=(torch.cat, torch.concat, torch.concatenate))
+def _cat(ctx: OpContext) -> OpTraits:
+    dim = ctx.arg(1, "dim", 0)
+    if dim is None:
+        dim = ctx.arg(1, "axis", 0)
+    ndim = len(ctx.out_shape) if ctx.out_shape is not None else 0
+    if ndim >= 2 and dim % ndim == 1:
+        return OpTraits(VertexKind.JOINT, joint=JointRule.CAT, zero_preserving=True)
+    return OpTraits(VertexKind.MERGE, reason=f"concatenates along dim {dim}, not the channel axis")
+
+
+@register(functions=(torch.stack, torch.matmul, operator.matmul, torch.bmm, torch.einsum, torch.maximum,
+                     torch.minimum), methods=("matmul", "bmm"))
+def _merge(ctx: OpContext) -> OpTraits:
+    return OpTraits(VertexKind.MERGE, reason="combines activations in a way that dropping one is not exact")
