@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
+import torch.fx
 from torch import nn
 
 from otov3.capture.fx_capture import DummyInput
-from otov3.errors import SearchSpaceError
+from otov3.errors import ConstructionError, SearchSpaceError
 from otov3.graph.validity import valid_basic, valid_strict
 from otov3.search_space import SearchSpace, build_search_space
 from otov3.space import Group
+from otov3.subnet.plan import plan_subnet
+from otov3.subnet.surgery import apply_plan
+from otov3.subnet.verify import first_divergent_node, max_relative_difference
 
 
 class OTO:
@@ -88,6 +95,92 @@ class OTO:
         """`is_valid_removal` by positions in `groups` (what the optimizer calls)."""
         gezigs = self.space.gezigs
         return self.is_valid_removal([gezigs[i] for i in indices], strict=strict)
+
+    # --- the sub-network -------------------------------------------------------------------------------
+
+    def zero_groups(self) -> list[Group]:
+        """GeZIGs whose every scalar is exactly zero now."""
+        return [g for g in self.space.gezigs if g.is_zero()]
+
+    def construct_subnet(
+        self,
+        out_dir: str | Path | None = None,
+        *,
+        verify: bool = True,
+        rtol: float = 1e-5,
+        trials: int = 3,
+    ) -> torch.fx.GraphModule:
+        """Build the standalone sub-network without the zero GeZIGs (spec §6).
+
+        The user's model is not touched: the sub-network is a new GraphModule with copies of the surviving
+        parameters and buffers, kept modules under their original names. Before returning, its outputs are
+        compared with the super-network's on fresh random inputs in eval mode.
+
+        Args:
+            out_dir: also write the state_dict, generated source, ONNX (when possible) and a JSON summary here.
+            verify: compare outputs; an inexact sub-network raises instead of being returned.
+            rtol: largest allowed max|super(x) - sub(x)| / max|super(x)|.
+            trials: number of random inputs compared.
+
+        Raises:
+            ConstructionError: the zero groups disconnect the network, or the outputs differ.
+        """
+        zero = self.zero_groups()
+        self._warn_nearly_zero(zero)
+        segments = {s for g in zero for s in g.segments}
+        if not valid_basic(self.space.dependency, segments):
+            raise ConstructionError(
+                "The zero groups disconnect the network (no path from input to output would remain): "
+                + ", ".join(g.name for g in zero)
+                + ". Use oto.is_valid_removal() to choose groups, or train with oto.h2spg()."
+            )
+        cap = self.space.captured
+        plan = plan_subnet(self.space.trace, self.space.dependency, segments)
+        try:
+            subnet = apply_plan(cap, self.space.trace, plan)
+        except ConstructionError:
+            raise
+        except Exception as err:
+            raise ConstructionError(
+                f"Building the sub-network failed after removing {[g.name for g in zero]}: {err}"
+            ) from err
+        subnet.train(self.model.training)
+        if verify:
+            self._verify(subnet, zero, rtol=rtol, trials=trials)
+        self._last_subnet = subnet
+        self._last_removed = tuple(zero)
+        if out_dir is not None:
+            from otov3.subnet.export import export_subnet
+
+            export_subnet(self, subnet, Path(out_dir))
+        return subnet
+
+    def _warn_nearly_zero(self, zero: list[Group]) -> None:
+        near = [
+            g.name for g in self.space.gezigs
+            if g not in zero and g.norm() <= 1e-6 * math.sqrt(max(g.numel(), 1))
+        ]
+        if near:
+            warnings.warn(
+                f"GeZIG(s) {near} are nearly but not exactly zero and are kept in the sub-network.", stacklevel=3
+            )
+
+    def _verify(self, subnet: torch.fx.GraphModule, zero: list[Group], *, rtol: float, trials: int) -> None:
+        cap = self.space.captured
+        try:
+            diff = max_relative_difference(self.model, subnet, cap.args, cap.kwargs, trials=trials)
+        except Exception as err:
+            raise ConstructionError(
+                f"The sub-network without {[g.name for g in zero]} does not run: {err}"
+            ) from err
+        if diff > rtol:
+            node = first_divergent_node(cap.gm, subnet, cap.args, cap.kwargs, rtol)
+            where = f" First divergent node: '{node}'." if node else ""
+            raise ConstructionError(
+                f"The sub-network's outputs differ from the super-network's by {diff:.3g} (relative; allowed "
+                f"{rtol:g}) after removing {[g.name for g in zero]}.{where} Nothing was returned; please report "
+                "this model."
+            )
 
     def summary(self) -> str:
         """A readable table of every parametric segment: group, ops, #params, status or reason."""

@@ -229,8 +229,11 @@ def _constant_operand_is_zero(ctx: OpContext) -> bool:
 
 @register(functions=(operator.add, operator.iadd, torch.add), methods=("add", "add_"))
 def _add(ctx: OpContext) -> OpTraits:
+    alpha = ctx.node.kwargs.get("alpha", 1)
+    if ctx.tensor_operands >= 2 and alpha != 1:
+        return OpTraits(VertexKind.MERGE, reason="adds with a scale factor (alpha), so an operand is not droppable")
     if ctx.tensor_operands >= 2:
-        return OpTraits(VertexKind.JOINT, joint=JointRule.ADD)
+        return OpTraits(VertexKind.JOINT, joint=JointRule.ADD, zero_preserving=True)
     # Adding a constant: 0 maps to the constant, so zero-preserving only for a literal 0.
     return OpTraits(A, zero_preserving=_constant_operand_is_zero(ctx), channel=ChannelRule.BLOCK)
 
@@ -238,7 +241,7 @@ def _add(ctx: OpContext) -> OpTraits:
 @register(functions=(operator.sub, operator.isub, torch.sub), methods=("sub",))
 def _sub(ctx: OpContext) -> OpTraits:
     if ctx.tensor_operands >= 2:
-        return OpTraits(VertexKind.JOINT, joint=JointRule.SUB)
+        return OpTraits(VertexKind.JOINT, joint=JointRule.SUB, zero_preserving=True)
     return OpTraits(A, zero_preserving=_constant_operand_is_zero(ctx), channel=ChannelRule.BLOCK)
 
 

@@ -1,0 +1,104 @@
+"""Carry out a `SubnetPlan` on a deep copy of the captured GraphModule (spec §6.1)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.fx
+
+from otov3.capture.fx_capture import Captured
+from otov3.errors import ConstructionError
+from otov3.graph.types import JointRule, TraceGraph
+from otov3.subnet.plan import SubnetPlan
+from otov3.subnet.slicing import slice_input_channels, slice_output_channels
+
+
+def _zeros_like_recorded(graph: torch.fx.Graph, ref: torch.fx.Node | None, ref_batch: int | None,
+                         value: torch.Tensor, before: torch.fx.Node) -> torch.fx.Node:
+    """A node producing zeros of the recorded shape; the batch dimension follows the model input."""
+    shape = tuple(value.shape)
+    with graph.inserting_before(before):
+        if ref is not None and shape and shape[0] == ref_batch:
+            batch = graph.call_method("size", (ref, 0))
+            return graph.call_method("new_zeros", (ref, (batch, *shape[1:])), {"dtype": value.dtype})
+        if ref is not None:
+            return graph.call_method("new_zeros", (ref, shape), {"dtype": value.dtype})
+        return graph.call_function(torch.zeros, (shape,), {"dtype": value.dtype})
+
+
+def _operands(node: torch.fx.Node) -> list[torch.fx.Node]:
+    args = list(node.args) + [node.kwargs[k] for k in ("input", "other") if k in node.kwargs]
+    return [a for a in args if isinstance(a, torch.fx.Node)]
+
+
+def _drop_inputs(node: torch.fx.Node, drop: set[str], rule: JointRule) -> None:
+    if rule is JointRule.CAT:
+        tensors = node.args[0] if node.args else node.kwargs["tensors"]
+        kept = [t for t in tensors if t.name not in drop]
+        if len(kept) == 1:
+            node.replace_all_uses_with(kept[0])
+            return
+        if node.args:
+            node.args = (kept, *node.args[1:])
+        else:
+            node.kwargs = {**node.kwargs, "tensors": kept}
+        return
+    # Add(y, 0) = y and y - 0 = y: the node becomes its remaining operand.
+    remaining = [a for a in _operands(node) if a.name not in drop]
+    node.replace_all_uses_with(remaining[0])
+
+
+def apply_plan(captured: Captured, trace: TraceGraph, plan: SubnetPlan) -> torch.fx.GraphModule:
+    """A new GraphModule with zero vertices removed, joints bypassed and dependent channels cut."""
+    gm = copy.deepcopy(captured.gm)
+    graph = gm.graph
+    nodes = {n.name: n for n in graph.nodes}
+    values = captured.values
+    ref = next((n for n in graph.nodes if n.op == "placeholder" and isinstance(values.get(n.name), torch.Tensor)),
+               None)
+    ref_batch = values[ref.name].shape[0] if ref is not None and values[ref.name].dim() > 0 else None
+
+    def fill(node: torch.fx.Node, zero_names: set[str]) -> None:
+        for z in list(node.all_input_nodes):
+            if z.name in zero_names:
+                node.replace_input_with(z, _zeros_like_recorded(graph, ref, ref_batch, values[z.name], node))
+
+    for name, zero_inputs in plan.zero_fill.items():
+        fill(nodes[name], set(zero_inputs))
+    output = next(n for n in graph.nodes if n.op == "output")
+    fill(output, set(plan.zero))
+    for name, zero_inputs in plan.drop.items():
+        _drop_inputs(nodes[name], set(zero_inputs), trace.vertices[name].traits.joint)
+
+    sliced: dict[int, tuple[str, tuple[int, ...]]] = {}
+
+    def cut(name: str, keep: tuple[int, ...], how: str) -> None:
+        node = nodes[name]
+        if node.op != "call_module":
+            return
+        module = gm.get_submodule(node.target)
+        previous = sliced.get(id(module))
+        if previous is not None:
+            if previous != (how, keep):
+                raise ConstructionError(
+                    f"Module '{node.target}' is called at several places that need different channels cut; "
+                    "give each call its own module."
+                )
+            return
+        sliced[id(module)] = (how, keep)
+        (slice_output_channels if how == "out" else slice_input_channels)(module, keep)
+
+    for name, keep in plan.out_keep.items():
+        if trace.vertices[name].traits.per_channel_params or trace.vertices[name].module:
+            cut(name, keep, "out")
+    for name, keep in plan.in_keep.items():
+        cut(name, keep, "in")
+
+    graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    graph.lint()
+    gm.recompile()
+    return gm
+
+
