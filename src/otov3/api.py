@@ -182,6 +182,30 @@ class OTO:
                 "this model."
             )
 
+    def compression_report(self, subnet: nn.Module | None = None) -> dict[str, float | int]:
+        """Parameters and MACs (spec §7) of the super-network and of the sub-network.
+
+        Args:
+            subnet: the sub-network to measure; defaults to the last one `construct_subnet` built.
+        """
+        from otov3.metrics import count_flops, count_params
+
+        subnet = subnet if subnet is not None else getattr(self, "_last_subnet", None)
+        if subnet is None:
+            raise ConstructionError("No sub-network yet: call oto.construct_subnet() first.")
+        cap = self.space.captured
+        example = cap.kwargs if cap.kwargs else cap.args
+        before_p, after_p = count_params(self.model), count_params(subnet)
+        before_f, after_f = count_flops(self.model, example), count_flops(subnet, example)
+        return {
+            "params_before": before_p,
+            "params_after": after_p,
+            "params_ratio": after_p / before_p if before_p else 1.0,
+            "macs_before": before_f,
+            "macs_after": after_f,
+            "macs_ratio": after_f / before_f if before_f else 1.0,
+        }
+
     def summary(self) -> str:
         """A readable table of every parametric segment: group, ops, #params, status or reason."""
         trace = self.space.trace
