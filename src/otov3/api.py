@@ -206,6 +206,31 @@ class OTO:
             "macs_ratio": after_f / before_f if before_f else 1.0,
         }
 
+    def visualize(self, out_dir: str | Path, *, svg: bool = True) -> list[Path]:
+        """Draw the trace graph, the dependency graph (GeZIGs coloured, zero ones dashed) and the sub-network.
+
+        Writes Graphviz DOT files, plus SVG when Graphviz's `dot` is installed (a warning says when it is not).
+        """
+        from otov3.viz.dot import dependency_dot, fx_dot, trace_dot
+        from otov3.viz.render import write_graph
+
+        out = Path(out_dir)
+        space = self.space
+        zero = [s for g in self.zero_groups() for s in g.segments]
+        gezigs = [(g.name, g.segments) for g in space.gezigs]
+        files = write_graph(trace_dot(space.trace), out / "trace_graph", svg=svg)
+        files += write_graph(dependency_dot(space.trace, space.dependency, gezigs, zero), out / "dependency_graph",
+                             svg=svg)
+        subnet = getattr(self, "_last_subnet", None)
+        if subnet is not None:
+            nodes = [
+                (n.name, f"{n.name}\\n{type(subnet.get_submodule(n.target)).__name__}" if n.op == "call_module"
+                 else f"{n.name}\\n{getattr(n.target, '__name__', n.target)}", [i.name for i in n.all_input_nodes])
+                for n in subnet.graph.nodes
+            ]
+            files += write_graph(fx_dot(nodes), out / "subnet_graph", svg=svg)
+        return files
+
     def summary(self) -> str:
         """A readable table of every parametric segment: group, ops, #params, status or reason."""
         trace = self.space.trace
