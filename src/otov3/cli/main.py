@@ -1,0 +1,35 @@
+"""The `otov3` command: `otov3 demo` (the main job) and `otov3 search MODULE:CLASS`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from otov3.errors import OTOError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="otov3",
+        description="Automatic sub-network search: build a search space, train once with H2SPG, construct the "
+        "sub-network.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    from otov3.cli import demo_cmd, search_cmd
+
+    demo_cmd.add_parser(sub)
+    search_cmd.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except OTOError as err:
+        print(f"otov3: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
