@@ -95,6 +95,9 @@ def apply_plan(captured: Captured, trace: TraceGraph, plan: SubnetPlan) -> torch
     for name, keep in plan.in_keep.items():
         cut(name, keep, "in")
 
+    for node in graph.nodes:
+        if isinstance(node.type, str):  # string annotations (PEP 563 models) break TorchScript and codegen
+            node.type = None
     graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     graph.lint()
