@@ -60,3 +60,45 @@ def follow_channels(trace: TraceGraph, concat: str) -> ChannelPath:
             f"the channels of '{concat}' meet '{v}' ({vert.op}) before any conv/linear can absorb them",
         )
     return ChannelPath(tuple(passes), tuple(consumers), None)
+
+
+def operand_channels(trace: TraceGraph, concat: str, operand: str) -> dict[str, list[tuple[int, int]]]:
+    """Channel intervals that `operand`'s block of `concat` occupies at every vertex downstream.
+
+    Nested concats shift the block by the widths of the operands before it; flattens scale it by the spatial
+    factor. Only vertices on the `follow_channels` path are included.
+    """
+    path = follow_channels(trace, concat)
+    on_path = set(path.passes)
+    at: dict[str, list[tuple[int, int]]] = {concat: _offsets(trace, concat, operand, [(0, None)])}
+    for name in trace.vertices:  # topological order
+        if name not in on_path:
+            continue
+        v = trace.vertices[name]
+        sources = [i for i in dict.fromkeys(v.inputs) if i in at]
+        if not sources:
+            continue
+        if v.traits.joint is JointRule.CAT:
+            found: list[tuple[int, int]] = []
+            for src in sources:
+                found.extend(_offsets(trace, name, src, at[src]))
+            at[name] = found
+        elif v.traits.channel is ChannelRule.FLATTEN:
+            width = v.in_shapes[0][1] if v.in_shapes and v.in_shapes[0] else 1
+            factor = v.out_shape[1] // width if v.out_shape and width else 1
+            at[name] = [(a * factor, b * factor) for a, b in at[sources[0]]]
+        else:
+            at[name] = list(at[sources[0]])
+    return at
+
+
+def _offsets(trace: TraceGraph, cat: str, operand: str, inner: list[tuple[int, int | None]]) -> list[tuple[int, int]]:
+    """Place intervals of `operand` (None as stop = the operand's full width) into the output of `cat`."""
+    vert = trace.vertices[cat]
+    out, offset = [], 0
+    for inp, shape in zip(vert.inputs, vert.in_shapes, strict=True):
+        width = shape[1] if shape is not None and len(shape) > 1 else 0
+        if inp == operand:
+            out.extend((offset + a, offset + (width if b is None else b)) for a, b in inner)
+        offset += width
+    return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from otov3.graph.channels import follow_channels
+from otov3.graph.channels import follow_channels, operand_channels
 from otov3.graph.segments import VIRTUAL, DependencyGraph, Segment
 from otov3.graph.types import JointRule, TraceGraph
 
@@ -56,18 +56,6 @@ def _segment_params(trace: TraceGraph, seg: Segment) -> list[str]:
     return list(dict.fromkeys(p for v in seg.vertices for p in trace.vertices[v].params))
 
 
-def _operand_offset(trace: TraceGraph, cat: str, operand: str) -> list[tuple[int, int]]:
-    """Channel intervals of `operand` in the output of `cat` (an operand may appear more than once)."""
-    vert = trace.vertices[cat]
-    intervals, offset = [], 0
-    for inp, shape in zip(vert.inputs, vert.in_shapes, strict=True):
-        width = shape[1] if shape is not None and len(shape) > 1 else 0
-        if inp == operand:
-            intervals.append((offset, offset + width))
-        offset += width
-    return intervals
-
-
 def _zero_invariance(trace: TraceGraph, seg: Segment) -> tuple[str | None, tuple[str, ...]]:
     """Rule 3: a zeroing op followed only by zero-preserving ops. Returns (reason, vertices to reset)."""
     last = -1
@@ -110,13 +98,14 @@ def _consumer_check(trace: TraceGraph, seg: Segment, joint: str, owner_is_gezig)
     if path.blocked:
         return _Verdict(False, path.blocked)
     aux = []
+    intervals = operand_channels(trace, joint, last)
     for v in path.passes:
         vert = trace.vertices[v]
         if vert.traits.joint is JointRule.CAT or not vert.traits.per_channel_params:
             continue
         if owner_is_gezig(v):
             return _Verdict(False, f"its channels pass through '{v}', which belongs to a removable group")
-        for start, stop in _operand_offset(trace, joint, last):
+        for start, stop in intervals.get(v, []):
             for p in vert.traits.per_channel_params:
                 if p in vert.params:
                     aux.append((p, start, stop))
