@@ -20,6 +20,18 @@ from otov3.subnet.surgery import apply_plan
 from otov3.subnet.verify import first_divergent_node, max_relative_difference
 
 
+def _one_sample(example):
+    """MACs are reported per sample (spec §7): keep the first item of every batched tensor."""
+    import torch
+
+    def first(x):
+        return x[:1] if isinstance(x, torch.Tensor) and x.dim() > 0 else x
+
+    if isinstance(example, dict):
+        return {k: first(v) for k, v in example.items()}
+    return tuple(first(a) for a in example)
+
+
 class OTO:
     """Automatic search space, training and sub-network construction for a super-network.
 
@@ -194,7 +206,7 @@ class OTO:
         if subnet is None:
             raise ConstructionError("No sub-network yet: call oto.construct_subnet() first.")
         cap = self.space.captured
-        example = cap.kwargs if cap.kwargs else cap.args
+        example = _one_sample(cap.kwargs) if cap.kwargs else _one_sample(cap.args)
         before_p, after_p = count_params(self.model), count_params(subnet)
         before_f, after_f = count_flops(self.model, example), count_flops(subnet, example)
         return {

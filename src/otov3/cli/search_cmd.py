@@ -43,12 +43,17 @@ def _import_class(target: str):
         raise OTOError(f"module {module_name!r} has no attribute {attr!r}") from None
 
 
-def _zoo_input_shape(cls) -> tuple[int, ...] | None:
+def _zoo_input_shape(model: torch.nn.Module) -> tuple[int, ...] | None:
+    """The registered input shape of a zoo model built with its defaults (matched by class and size)."""
+    from otov3.metrics import count_params
     from otov3.zoo import get_supernet_spec, list_supernets
 
+    n_params = count_params(model)
     for name in list_supernets():
         spec = get_supernet_spec(name)
-        if spec.factory is cls or getattr(spec.factory, "__name__", None) == cls.__name__:
+        returns = getattr(spec.factory, "__annotations__", {}).get("return")
+        same_class = spec.factory is type(model) or returns in (type(model), type(model).__name__)
+        if same_class and spec.params == n_params:
             return spec.input_shape
     return None
 
@@ -64,11 +69,16 @@ def _parse_shape(text: str) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    cls = _import_class(args.target)
-    shape = _parse_shape(args.input_shape) if args.input_shape else _zoo_input_shape(cls)
+    factory = _import_class(args.target)
+    try:
+        model = factory()
+    except TypeError as err:
+        raise OTOError(f"{args.target} cannot be built without arguments: {err}") from err
+    if not isinstance(model, torch.nn.Module):
+        raise OTOError(f"{args.target}() returned {type(model).__name__}, not a torch.nn.Module")
+    shape = _parse_shape(args.input_shape) if args.input_shape else _zoo_input_shape(model)
     if shape is None:
         raise OTOError(f"{args.target} is not a zoo model: give --input-shape, e.g. --input-shape 1,3,32,32")
-    model = cls()
     oto = OTO(model, torch.randn(*shape))
     text = oto.summary()
     print(text)
