@@ -10,7 +10,7 @@ from torch import nn
 
 from otov3.capture.fx_capture import Captured, DummyInput, capture
 from otov3.capture.trace_graph import build_trace_graph, canonical_param_names
-from otov3.errors import SearchSpaceError
+from otov3.errors import CaptureError, SearchSpaceError
 from otov3.graph.gezig import GroupSpec, partition
 from otov3.graph.segments import DependencyGraph, build_dependency_graph
 from otov3.graph.types import TraceGraph
@@ -58,6 +58,8 @@ def _bind(model: nn.Module, trace: TraceGraph, spec: GroupSpec, name: str, param
 
 def build_search_space(model: nn.Module, dummy_input: DummyInput, *, leaf_modules: Sequence[type] = ()) -> SearchSpace:
     """Trace `model`, grow segments, and partition its trainable parameters into groups (spec §2-§3)."""
+    if not isinstance(model, nn.Module):
+        raise CaptureError(f"model must be a torch.nn.Module, got {type(model).__name__!r}")
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not trainable:
         raise SearchSpaceError(

@@ -39,6 +39,7 @@ class _NamingTracer(torch.fx.Tracer):
         super().__init__()
         self._leaves = leaf_modules
         self.stack: list[str] = []
+        self.failed_at: str | None = None  # innermost module whose forward raised
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if self._leaves and isinstance(m, self._leaves):
@@ -49,6 +50,10 @@ class _NamingTracer(torch.fx.Tracer):
         self.stack.append(self.path_of_module(m) or type(m).__name__)
         try:
             return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_at is None:
+                self.failed_at = self.stack[-1]
+            raise
         finally:
             self.stack.pop()
 
@@ -83,8 +88,8 @@ def _trace(model: nn.Module, leaf_modules: tuple[type, ...], kwargs: dict[str, A
     try:
         graph = tracer.trace(model)
     except Exception as err:  # fx raises TraceError, TypeError, NotImplementedError, ...
-        where = tracer.stack[-1] if tracer.stack else type(model).__name__
-        owner = model.get_submodule(where) if tracer.stack and where else model
+        where = tracer.failed_at or type(model).__name__
+        owner = model.get_submodule(tracer.failed_at) if tracer.failed_at else model
         raise CaptureError(
             f"Could not trace the model: failed inside module '{where}' ({type(owner).__name__}): {err}. "
             "otov3 needs a forward without data-dependent Python control flow. Rewrite that part with tensor "

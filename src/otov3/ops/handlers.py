@@ -207,11 +207,20 @@ def _non_zero_preserving(ctx: OpContext) -> OpTraits:
 
 
 @register(modules=(nn.Flatten, nn.Unflatten), functions=(torch.flatten, torch.reshape, torch.squeeze,
-          torch.unsqueeze, torch.permute, torch.transpose, operator.getitem, torch.mean, torch.sum, torch.amax),
-          methods=("flatten", "view", "reshape", "squeeze", "unsqueeze", "permute", "transpose", "mean", "sum",
+          torch.unsqueeze, torch.mean, torch.sum, torch.amax),
+          methods=("flatten", "view", "reshape", "squeeze", "unsqueeze", "mean", "sum",
                    "amax", "view_as", "reshape_as", "expand", "expand_as"))
 def _reshape(ctx: OpContext) -> OpTraits:
+    # Row-major reshapes that keep dims 0 and 1 keep channels; flattening (N, C, ...) keeps them in blocks.
     return OpTraits(A, zero_preserving=True, channel=_shape_rule(ctx))
+
+
+@register(functions=(torch.permute, torch.transpose, torch.swapaxes, torch.movedim, operator.getitem),
+          methods=("permute", "transpose", "swapaxes", "movedim"))
+def _reorder(ctx: OpContext) -> OpTraits:
+    # Shapes cannot tell whether dim 1 still holds the channels (a square transpose keeps every size), nor
+    # whether an index reorders channels: never follow a channel interval through these.
+    return OpTraits(A, zero_preserving=True, channel=ChannelRule.BLOCK)
 
 
 @register(functions=(torch.chunk, torch.split, torch.unbind), methods=("chunk", "split", "unbind"))
@@ -250,6 +259,10 @@ def _sub(ctx: OpContext) -> OpTraits:
 def _scale_or_gate(ctx: OpContext) -> OpTraits:
     if ctx.tensor_operands >= 2:
         return OpTraits(VertexKind.MERGE, reason="multiplies activations (dropping an input is not exact)")
+    divides = ctx.node.target in (operator.truediv, torch.div) or ctx.node.target == "div"
+    if divides and not isinstance(ctx.node.args[0] if ctx.node.args else None, torch.fx.Node):
+        # c / x maps 0 to inf: not zero-preserving, and not per-channel-safe either
+        return OpTraits(A, zero_preserving=False, channel=ChannelRule.BLOCK)
     return OpTraits(A, zero_preserving=True, channel=_shape_rule(ctx))
 
 

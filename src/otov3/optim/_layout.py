@@ -1,0 +1,99 @@
+"""Where each GeZIG's parameter slices live among an optimizer's parameters.
+
+H2SPG reduces ``⟨x,d⟩``, ``‖x‖²`` and ``‖d‖²`` per slice with foreach/BLAS calls and sums them per group
+(`kernels.segment_sum`); this module precomputes the index arrays that make that a few tensor ops per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import Tensor, nn
+
+from otov3.space import Group
+
+
+@dataclass(frozen=True)
+class ActiveSet:
+    """The slices of some GeZIGs, ready for batched reductions.
+
+    Attributes:
+        groups: GeZIG indices, in the order of the per-group result vectors.
+        slices: slice ids (into `GroupLayout`) of those groups.
+        local_group: for each slice, the position of its group in ``groups`` (for `segment_sum`).
+        param_positions: optimizer positions of every parameter those slices touch.
+    """
+
+    groups: tuple[int, ...]
+    slices: tuple[int, ...]
+    local_group: Tensor
+    param_positions: frozenset[int]
+
+
+class GroupLayout:
+    """Index arrays binding GeZIG slices to the optimizer's flat parameter order.
+
+    Args:
+        gezigs: the removable groups.
+        params: every parameter of the optimizer, in ``param_groups`` order.
+
+    Raises:
+        ValueError: a GeZIG is empty, holds a parameter the optimizer does not own, or two GeZIGs overlap.
+    """
+
+    def __init__(self, gezigs: Sequence[Group], params: Sequence[nn.Parameter]) -> None:
+        position = {id(p): i for i, p in enumerate(params)}
+        self.slice_pos: list[int] = []
+        self.slice_index: list[slice | None] = []
+        self.slice_group: list[int] = []
+        self.slice_name: list[str] = []
+        self.group_slices: list[tuple[int, ...]] = []
+        claimed: dict[int, list[tuple[int, int, str]]] = {}
+        for g_idx, group in enumerate(gezigs):
+            if not group.slices:
+                raise ValueError(f"gezigs[{g_idx}] ({group.name!r}) has no parameters; a GeZIG must own some")
+            ids = []
+            for s in group.slices:
+                if id(s.param) not in position:
+                    raise ValueError(
+                        f"gezigs[{g_idx}] ({group.name!r}) holds parameter {s.name!r}, which is not among the "
+                        "optimizer's params; pass every trainable parameter of the model"
+                    )
+                start, stop, _ = (s.index or slice(None)).indices(s.param.shape[0] if s.param.dim() else 1)
+                for other_start, other_stop, other in claimed.get(id(s.param), []):
+                    if start < other_stop and other_start < stop:
+                        raise ValueError(
+                            f"parameter {s.name!r} rows [{start}, {stop}) of GeZIG {group.name!r} overlap "
+                            f"GeZIG {other!r}; every scalar belongs to at most one group"
+                        )
+                claimed.setdefault(id(s.param), []).append((start, stop, group.name))
+                ids.append(len(self.slice_pos))
+                self.slice_pos.append(position[id(s.param)])
+                self.slice_index.append(s.index)
+                self.slice_group.append(g_idx)
+                self.slice_name.append(s.name)
+            self.group_slices.append(tuple(ids))
+        self.n_groups = len(gezigs)
+        self.group_numel = torch.tensor([float(g.numel()) for g in gezigs], dtype=torch.float64)
+        self.active = lru_cache(maxsize=8)(self._active)
+
+    def _active(self, groups: tuple[int, ...]) -> ActiveSet:
+        slices: list[int] = []
+        local: list[int] = []
+        for j, g in enumerate(groups):
+            slices.extend(self.group_slices[g])
+            local.extend([j] * len(self.group_slices[g]))
+        return ActiveSet(
+            groups=groups,
+            slices=tuple(slices),
+            local_group=torch.tensor(local, dtype=torch.long),
+            param_positions=frozenset(self.slice_pos[i] for i in slices),
+        )
+
+    def view(self, slice_id: int, tensor: Tensor) -> Tensor:
+        """The rows of ``tensor`` (a parameter or a same-shaped buffer) that slice ``slice_id`` owns."""
+        index = self.slice_index[slice_id]
+        return tensor if index is None else tensor[index]
