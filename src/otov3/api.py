@@ -108,6 +108,55 @@ class OTO:
         gezigs = self.space.gezigs
         return self.is_valid_removal([gezigs[i] for i in indices], strict=strict)
 
+    # --- training ------------------------------------------------------------------------------------
+
+    def h2spg(
+        self,
+        *,
+        variant: str = "sgd",
+        lr: float | None = None,
+        momentum: float = 0.0,
+        weight_decay: float | None = None,
+        target_group_sparsity: int | float = 0.5,
+        warmup_steps: int = 0,
+        hybrid_steps: int | None = None,
+        strict: bool | None = None,
+        **options,
+    ):
+        """Create the H2SPG optimizer over every trainable parameter of the model (spec §5.5).
+
+        After `warmup_steps` it fixes the redundant set: `target_group_sparsity` GeZIGs (a count, or a fraction of
+        the GeZIGs), chosen by redundancy score and admitted only while the hierarchy check (`is_valid_removal`)
+        holds; by step `warmup_steps + hybrid_steps` they are exactly zero. See `otov3.optim.H2SPG` for every
+        option (betas, epsilon, score_momentum, lam, eta, kappa, deadline_window, ...).
+
+        Args:
+            variant: base optimizer, "sgd", "adam" or "adamw".
+            lr: learning rate (default per variant).
+            momentum: SGD momentum.
+            weight_decay: weight decay (default per variant).
+            target_group_sparsity: K (int >= 1) or a fraction of the GeZIGs in (0, 1).
+            warmup_steps: steps of plain training while redundancy scores are averaged.
+            hybrid_steps: steps after warm-up by which every redundant group is zero; None = no deadline.
+            strict: strict validity for the selection; defaults to the OTO's `strict_validity`.
+        """
+        from otov3.optim import H2SPG
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return H2SPG(
+            params,
+            self.space.gezigs,
+            lambda indices: self.is_valid_indices(indices, strict=strict),
+            variant=variant,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            target_group_sparsity=target_group_sparsity,
+            warmup_steps=warmup_steps,
+            hybrid_steps=hybrid_steps,
+            **options,
+        )
+
     # --- the sub-network -------------------------------------------------------------------------------
 
     def zero_groups(self) -> list[Group]:
