@@ -14,13 +14,12 @@ from torch.optim import Optimizer
 
 from otov3.errors import OptimizerError
 from otov3.optim import kernels
-from otov3.optim._base import BUFFER_KEYS, adam_directions, sgd_directions
-from otov3.optim._layout import ActiveSet, GroupLayout
+from otov3.optim._layout import GroupLayout
+from otov3.optim._step import RUN_KEY, StepEngine
 from otov3.space import Group
 
 __all__ = ["H2SPG"]
 
-_RUN_KEY = "h2spg"  # the optimizer-level entry of `state` (string keys survive state_dict as they are)
 
 # spec §5.1 and §5.4, code `hyperparameter.py`: per-variant defaults of lr, weight decay, λ, η, κ.
 _VARIANT_DEFAULTS: dict[str, dict[str, float]] = {
@@ -30,7 +29,7 @@ _VARIANT_DEFAULTS: dict[str, dict[str, float]] = {
 }
 
 
-class H2SPG(Optimizer):
+class H2SPG(StepEngine, Optimizer):
     r"""Trains a super-network once and drives exactly K GeZIGs to exact zero while the graph stays valid.
 
     The algorithm (spec §5.5, paper Algorithm 3), step ``t = 1, 2, …``::
@@ -84,6 +83,12 @@ class H2SPG(Optimizer):
     are read every step, so any ``torch.optim.lr_scheduler`` drives the base step and the λ term alike
     (spec §5.7). The other settings are global (``self.defaults``). Everything mutable (buffers, step counters,
     scores, the redundant set, the zero groups) lives in ``state``, so ``state_dict()`` resumes bit-identically.
+
+    Implementation (`otov3.optim._step`): large parameters take one cache-blocked pass per step that updates
+    the optimizer buffers, computes the GeZIG reductions ``‖x‖², ⟨x,d⟩, ‖d‖²`` and (unless the λ decision must
+    come first) the parameter; the rest uses foreach ops like torch.optim. The trial point ``x̃`` is never
+    materialised (``⟨x̃,x⟩`` follows from the reductions). Parameters made entirely of zero groups are skipped
+    from then on. A non-finite value met in those reductions raises `OptimizerError` naming the parameter.
 
     Args:
         params: every trainable parameter of the model, or param-group dicts.
@@ -179,13 +184,17 @@ class H2SPG(Optimizer):
         self._layout = GroupLayout(gezigs, self._flat_params)
         self._gezigs = tuple(gezigs)
         self._is_valid = is_valid
+        self._index_cache: dict[tuple[int, ...], Tensor] = {}
+        self._u_buffers: dict[int, Tensor] = {}
+        self._scratch_buffers: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+        self._frozen_cache: tuple[tuple[int, ...] | None, frozenset[int]] = (None, frozenset())
         self.defaults.update(
             variant=variant, target_group_sparsity=target_group_sparsity, k=k, warmup_steps=warmup_steps,
             hybrid_steps=hybrid_steps, epsilon=epsilon, score_momentum=score_momentum, lam=lam, eta=eta,
             kappa=kappa, deadline_window=deadline_window, score_weights=tuple(score_weights),
             official_adam_init=official_adam_init,
         )
-        self.state[_RUN_KEY] = {
+        self.state[RUN_KEY] = {
             "step": 0,
             "scores": torch.zeros(len(gezigs), dtype=torch.float64),
             "redundant": None,
@@ -209,27 +218,27 @@ class H2SPG(Optimizer):
     @property
     def redundant_groups(self) -> list[Group]:
         """The redundant set ``G_r`` in acceptance order (empty before the end of warm-up)."""
-        return [self._gezigs[i] for i in self.state[_RUN_KEY]["redundant"] or []]
+        return [self._gezigs[i] for i in self.state[RUN_KEY]["redundant"] or []]
 
     @property
     def zero_groups(self) -> list[Group]:
         """Redundant groups that H2SPG has set to exact zero (and keeps there), in the order they got there."""
-        return [self._gezigs[i] for i in self.state[_RUN_KEY]["zero"]]
+        return [self._gezigs[i] for i in self.state[RUN_KEY]["zero"]]
 
     @property
     def rejected_groups(self) -> list[Group]:
         """GeZIGs the hierarchical search examined and refused because removing them breaks validity."""
-        return [self._gezigs[i] for i in self.state[_RUN_KEY]["rejected"]]
+        return [self._gezigs[i] for i in self.state[RUN_KEY]["rejected"]]
 
     @property
     def redundancy_scores(self) -> Tensor:
         """A copy of the averaged scores ``s`` (one per GeZIG, larger = more redundant)."""
-        return self.state[_RUN_KEY]["scores"].clone()
+        return self.state[RUN_KEY]["scores"].clone()
 
     @property
     def phase(self) -> str:
         """Phase of the next step: ``"warmup"``, ``"hybrid"`` or ``"plain"``."""
-        run = self.state[_RUN_KEY]
+        run = self.state[RUN_KEY]
         nxt = run["step"] + 1
         if run["redundant"] is None:
             return "warmup" if nxt <= self.defaults["warmup_steps"] else "hybrid"
@@ -237,7 +246,7 @@ class H2SPG(Optimizer):
 
     def metrics(self) -> dict[str, float | int | str]:
         """Progress figures: step, phase, group sparsity, norms of the important and redundant GeZIGs."""
-        run = self.state[_RUN_KEY]
+        run = self.state[RUN_KEY]
         redundant = set(run["redundant"] or [])
         norms = [g.norm() for g in self._gezigs]
         return {
@@ -255,14 +264,14 @@ class H2SPG(Optimizer):
     # ------------------------------------------------------------------------------------------- state dict
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads a state dict saved by an H2SPG over the same GeZIGs (checked by name)."""
-        run = state_dict.get("state", {}).get(_RUN_KEY)
+        run = state_dict.get("state", {}).get(RUN_KEY)
         if run is None:
             raise ValueError("state_dict has no 'h2spg' entry: it was not saved by H2SPG")
         names = [g.name for g in self._gezigs]
         if list(run["gezigs"]) != names:
             raise ValueError(f"state_dict was saved for GeZIGs {list(run['gezigs'])}, this optimizer has {names}")
         super().load_state_dict(state_dict)
-        self.state[_RUN_KEY] = copy.deepcopy(run)
+        self.state[RUN_KEY] = copy.deepcopy(run)
 
     # ------------------------------------------------------------------------------------------------- step
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -270,8 +279,9 @@ class H2SPG(Optimizer):
 
         Raises:
             OptimizerError: a GeZIG slice whose scores or λ step are computed this step has a non-finite
-                gradient/direction; nothing has been selected or projected and no parameter has moved, but the
-                momentum/moment buffers have absorbed the bad values, so reload a checkpoint.
+                gradient (found in the norms H2SPG computes anyway, no extra pass). No group has been selected
+                or projected, but the step was abandoned part-way (buffers, and in warm-up some parameters,
+                took the bad values): reload the last checkpoint.
         """
         loss = None
         if closure is not None:
@@ -280,114 +290,6 @@ class H2SPG(Optimizer):
         with torch.no_grad():
             self._step()
         return loss
-
-    def _step(self) -> None:
-        run = self.state[_RUN_KEY]
-        cfg = self.defaults
-        n = run["step"] + 1
-        selecting = run["redundant"] is None
-        hybrid = n > cfg["warmup_steps"]
-        if selecting:
-            active_groups = tuple(range(len(self._gezigs)))  # spec §5.5: scores over all GeZIGs
-        else:
-            active_groups = tuple(self._targets(run)) if hybrid and not self._past_deadline(n) else ()
-        active = self._layout.active(active_groups) if active_groups else None
-        wanted = active.param_positions if active else frozenset()
-
-        dirs: list[Tensor | None] = [None] * len(self._flat_params)
-        scale = [1.0] * len(self._flat_params)
-        lr_of = [0.0] * len(self._flat_params)
-        decay_of = [0.0] * len(self._flat_params)
-        updates = self._directions(wanted, dirs, scale, lr_of, decay_of)
-
-        project: list[int] = []
-        survivors: list[int] = []
-        if active is not None:
-            sums, per_slice = self._reduce(active, dirs, scale, n)
-            if selecting:
-                self._update_scores(run, sums)
-                if n >= cfg["warmup_steps"]:
-                    self._select(run)
-            if hybrid:
-                project, survivors = self._hybrid_prescale(run, n, active, sums, per_slice, lr_of, decay_of)
-        for apply in updates:
-            apply()
-        if active is not None and hybrid:
-            self._hybrid_finish(run, n, active, project, survivors)
-        self._keep_zero(run["zero"])
-        run["step"] = n
-
-    def _directions(self, wanted, dirs, scale, lr_of, decay_of) -> list[Callable[[], None]]:
-        variant = self.defaults["variant"]
-        updates = []
-        pos = 0
-        for group in self.param_groups:
-            params, grads, states, want, positions = [], [], [], [], []
-            for p in group["params"]:
-                if p.grad is not None:
-                    if p.grad.is_sparse:
-                        raise OptimizerError("H2SPG does not support sparse gradients")
-                    params.append(p)
-                    grads.append(p.grad)
-                    states.append(self.state[p])
-                    want.append(pos in wanted)
-                    positions.append(pos)
-                lr_of[pos] = group["lr"]
-                decay_of[pos] = group["lr"] * group["weight_decay"] if variant == "adamw" else 0.0
-                pos += 1
-            if not params:
-                continue
-            if variant == "sgd":
-                out = sgd_directions(params, grads, states, want, lr=group["lr"], momentum=group["momentum"],
-                                     dampening=group["dampening"], weight_decay=group["weight_decay"])
-            else:
-                out = adam_directions(params, grads, states, want, lr=group["lr"], betas=group["betas"],
-                                      eps=group["adam_eps"], weight_decay=group["weight_decay"],
-                                      decoupled=variant == "adamw",
-                                      official_init=self.defaults["official_adam_init"])
-            for i, d, s in zip(positions, out.wanted, out.scale, strict=True):
-                dirs[i], scale[i] = d, s
-            updates.append(out.apply)
-        return updates
-
-    def _reduce(self, active: ActiveSet, dirs, scale, n: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """``‖x‖²``, ``⟨x,d⟩``, ``‖d‖²`` per active slice and per active group; raises on non-finite values."""
-        lay = self._layout
-        x_views = [lay.view(i, self._flat_params[lay.slice_pos[i]]) for i in active.slices]
-        have = [k for k, i in enumerate(active.slices) if dirs[lay.slice_pos[i]] is not None]
-        x_sq = torch.stack(torch._foreach_norm(x_views)).double() ** 2
-        xd = torch.zeros(len(x_views), dtype=torch.float64)
-        d_sq = torch.zeros(len(x_views), dtype=torch.float64)
-        if have:
-            d_views = [lay.view(active.slices[k], dirs[lay.slice_pos[active.slices[k]]]) for k in have]
-            factor = torch.tensor([scale[lay.slice_pos[active.slices[k]]] for k in have], dtype=torch.float64)
-            d_norm = torch.stack(torch._foreach_norm(d_views)).double()
-            dots = torch.stack([torch.dot(x_views[k].reshape(-1), d.reshape(-1))
-                                for k, d in zip(have, d_views, strict=True)]).double()
-            index = torch.tensor(have, dtype=torch.long)
-            d_sq[index] = (d_norm * factor) ** 2
-            xd[index] = dots * factor
-        finite = torch.isfinite(x_sq) & torch.isfinite(xd) & torch.isfinite(d_sq)
-        if not bool(finite.all()):
-            bad = active.slices[int((~finite).nonzero()[0, 0])]
-            group = self._gezigs[lay.slice_group[bad]]
-            raise OptimizerError(
-                f"non-finite gradient (or value) in parameter {lay.slice_name[bad]!r} of GeZIG {group.name!r} at "
-                f"step {n}; H2SPG did not select or project any group on it. Lower the learning rate or skip such "
-                "steps (e.g. torch.amp.GradScaler) and reload the last checkpoint"
-            )
-        size = len(active.groups)
-        per_slice = {"x_sq": x_sq, "xd": xd}
-        sums = {key: kernels.segment_sum(v, active.local_group, size)
-                for key, v in (("x_sq", x_sq), ("xd", xd), ("d_sq", d_sq))}
-        return sums, per_slice
-
-    def _update_scores(self, run: dict[str, Any], sums: dict[str, Tensor]) -> None:
-        cfg = self.defaults
-        step_scores = kernels.dhspg_scores(sums["xd"], sums["x_sq"], sums["d_sq"], self._layout.group_numel,
-                                           weights=cfg["score_weights"])
-        omega = cfg["score_momentum"]
-        run["scores"] = omega * run["scores"] + (1 - omega) * step_scores  # spec §5.5 EMA
 
     def _select(self, run: dict[str, Any]) -> None:
         """spec §5.5: the redundant set is chosen once, after warm-up, and then fixed."""
@@ -411,76 +313,12 @@ class H2SPG(Optimizer):
         d = self.defaults["hybrid_steps"]
         return d is not None and n > self.defaults["warmup_steps"] + d
 
-    def _hybrid_prescale(self, run, n, active, sums, per_slice, lr_of, decay_of) -> tuple[list[int], list[int]]:
-        """λ rule and half-space test of the redundant groups; pre-scales the survivors' ``x`` in place.
-
-        The trial point ``x̃ = (1 − α·wd_dec − α λ_g/‖x_g‖) x − α d`` is not materialised: ``⟨x̃, x⟩`` follows from
-        the reductions, and scaling ``x`` by ``1 − c/(1 − α·wd_dec)`` before the plain step yields ``x̃`` exactly.
-        Returns the active positions of the groups to project this step and the slice ids of the survivors.
-        """
-        cfg, lay = self.defaults, self._layout
-        targets = set(self._targets(run))
-        is_target = torch.tensor([g in targets for g in active.groups])
-        x_norm = sums["x_sq"].sqrt()
-        lam_g = kernels.lambda_rule(sums["xd"], x_norm, sums["d_sq"].sqrt(), lam=cfg["lam"], eta=cfg["eta"],
-                                    kappa=cfg["kappa"])
-        positions = [lay.slice_pos[i] for i in active.slices]
-        alpha = torch.tensor([lr_of[p] for p in positions], dtype=torch.float64)
-        decay = torch.tensor([decay_of[p] for p in positions], dtype=torch.float64)
-        local = active.local_group
-        safe_norm = torch.where(x_norm > 0, x_norm, 1.0)
-        c = alpha * lam_g[local] / safe_norm[local]
-        trial_dot_x = kernels.segment_sum((1 - decay - c) * per_slice["x_sq"] - alpha * per_slice["xd"], local,
-                                          len(active.groups))
-        project = is_target & (kernels.half_space_mask(trial_dot_x, sums["x_sq"], cfg["epsilon"])
-                               | (sums["x_sq"] == 0))
-        if self._forcing(n) == 0.0:
-            project = is_target  # the deadline step: the schedule's last factor is 0
-        survive = (is_target & ~project)[local]
-        ids = survive.nonzero().flatten().tolist()
-        if ids:
-            factors = (1 - c / (1 - decay))[ids].tolist()
-            views = [lay.view(active.slices[k], self._flat_params[positions[k]]) for k in ids]
-            torch._foreach_mul_(views, factors)
-        return project.nonzero().flatten().tolist(), [active.slices[k] for k in ids]
-
     def _forcing(self, n: int) -> float:
         d = self.defaults["hybrid_steps"]
         if d is None:
             return 1.0
         window = kernels.forcing_window(d, self.defaults["deadline_window"])
         return kernels.forcing_factor(n, self.defaults["warmup_steps"] + d, window)
-
-    def _hybrid_finish(self, run, n, active, project: list[int], survivors: list[int]) -> None:
-        """Deadline shrink of the surviving redundant slices; records projected groups (spec §5.5, §6.2)."""
-        factor = self._forcing(n)
-        if 0.0 < factor < 1.0 and survivors:
-            lay = self._layout
-            views = [lay.view(i, self._flat_params[lay.slice_pos[i]]) for i in survivors]
-            torch._foreach_mul_(views, factor)
-        for j in project:
-            g = active.groups[j]
-            run["zero"].append(g)
-            if factor == 0.0:
-                run["forced"].append(g)
-            for buffer in self._gezigs[g].reset_buffers:  # spec §6.2: non-affine norm running means
-                buffer.zero_()
-
-    def _keep_zero(self, zero: list[int]) -> None:
-        """Zero groups stay exactly 0, and so do their momentum / moment buffer slices (spec §5.5, §5.7)."""
-        if not zero:
-            return
-        lay = self._layout
-        views = []
-        for g in zero:
-            for i in lay.group_slices[g]:
-                p = self._flat_params[lay.slice_pos[i]]
-                views.append(lay.view(i, p))
-                state = self.state.get(p)
-                if state:
-                    views.extend(lay.view(i, state[key]) for key in BUFFER_KEYS if key in state)
-        torch._foreach_zero_(views)
-
 
 def _require(ok: bool, name: str, value: Any, what: str) -> None:
     if not ok:

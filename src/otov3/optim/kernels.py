@@ -19,12 +19,14 @@ from torch import Tensor
 __all__ = [
     "Selection",
     "dhspg_scores",
+    "dhspg_scores_scalar",
     "forcing_factor",
     "forcing_window",
     "greedy_select",
     "half_space_mask",
     "half_space_project",
     "lambda_rule",
+    "lambda_rule_scalar",
     "reference_redundant_step",
     "segment_sum",
     "target_count",
@@ -58,22 +60,24 @@ def dhspg_scores(
     Returns:
         The per-step score ``s_{t,g}`` of every group.
     """
-    x_norm, d_norm = x_sq.sqrt(), d_sq.sqrt()
-    denom = x_norm * d_norm
-    cosine = torch.where(denom > 0, xd / torch.where(denom > 0, denom, 1.0), 0.0)
+    x_norm = x_sq.sqrt()
+    denom = (x_sq * d_sq).sqrt()
+    cosine = torch.where(denom > 0, xd / denom, 0.0)
     inverse_magnitude = 1.0 / (x_norm / numel + _MAGNITUDE_FLOOR)
     return weights[0] * _unit(cosine) + weights[1] * _unit(inverse_magnitude)
 
 
 def _unit(v: Tensor) -> Tensor:
+    peak = v.abs().max()
+    v = v / torch.where(peak > 0, peak, 1.0)  # rescaled first: tiny entries must not underflow when squared
     norm = torch.linalg.vector_norm(v)
-    return v / norm if norm > 0 else torch.zeros_like(v)
+    return v / torch.where(norm > 0, norm, 1.0)  # a zero vector stays zero
 
 
 def lambda_rule(xd: Tensor, x_norm: Tensor, d_norm: Tensor, *, lam: float, eta: float, kappa: float) -> Tensor:
     """Per-group regularisation coefficient ``λ_g`` of DHSPG (spec §5.4), batched.
 
-    If ``⟨x,d⟩ ≥ 0`` the plain step already shrinks the group and ``λ_g = λ``. Otherwise
+    If ``⟨x,d⟩ ≥ 0`` the plain step already shrinks the group and ``λ_g = λ`` (also for a zero group). Otherwise
     ``lb = −⟨x,d⟩/‖x‖`` (need ``λ_g > lb`` to shrink ``‖x‖``) and ``ub = −‖d‖²‖x‖/⟨x,d⟩`` (need ``λ_g < ub``
     to keep a descent direction of f); ``λ_g = clip(η·lb, λ, κλ)``, replaced by ``(lb+ub)/2`` when it reaches ub.
 
@@ -88,14 +92,35 @@ def lambda_rule(xd: Tensor, x_norm: Tensor, d_norm: Tensor, *, lam: float, eta: 
     Returns:
         ``λ_g`` for every group.
     """
-    negative = xd < 0
-    safe_x = torch.where(negative, x_norm, 1.0)
-    safe_xd = torch.where(negative, xd, -1.0)
-    lb = -xd / safe_x
-    ub = -(d_norm**2) * x_norm / safe_xd
+    negative = (xd < 0) & (x_norm > 0)
+    # Where ⟨x,d⟩ ≥ 0 the bounds below may be inf/nan; `torch.where` discards them.
+    lb = -xd / x_norm
+    ub = d_norm * d_norm * x_norm / -xd
     clipped = (eta * lb).clamp(min=lam, max=kappa * lam)
     adapted = torch.where(clipped >= ub, (lb + ub) / 2, clipped)
-    return torch.where(negative, adapted, torch.full_like(xd, lam))
+    return torch.where(negative, adapted, lam)
+
+
+def lambda_rule_scalar(xd: float, x_norm: float, d_norm: float, *, lam: float, eta: float, kappa: float) -> float:
+    """`lambda_rule` for one group on Python floats: the per-group reference of the batched kernel."""
+    if xd >= 0 or x_norm == 0:
+        return lam
+    lb = -xd / x_norm
+    ub = d_norm * d_norm * x_norm / -xd
+    clipped = min(max(eta * lb, lam), kappa * lam)
+    return (lb + ub) / 2 if clipped >= ub else clipped
+
+
+def dhspg_scores_scalar(
+    xd: Sequence[float], x_sq: Sequence[float], d_sq: Sequence[float], numel: Sequence[float],
+    *, weights: tuple[float, float] = (0.5, 0.5),
+) -> list[float]:
+    """`dhspg_scores` on Python floats, group by group: the per-group reference of the batched kernel."""
+    cosine = [v / math.sqrt(a * b) if a * b > 0 else 0.0 for v, a, b in zip(xd, x_sq, d_sq, strict=True)]
+    inverse = [1.0 / (math.sqrt(a) / n + _MAGNITUDE_FLOOR) for a, n in zip(x_sq, numel, strict=True)]
+    c_norm, r_norm = math.hypot(*cosine), math.hypot(*inverse)  # no underflow of tiny squares
+    return [weights[0] * (c / c_norm if c_norm > 0 else 0.0) + weights[1] * (r / r_norm if r_norm > 0 else 0.0)
+            for c, r in zip(cosine, inverse, strict=True)]
 
 
 def half_space_mask(trial_dot_x: Tensor, x_sq: Tensor, epsilon: float) -> Tensor:
