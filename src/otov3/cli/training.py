@@ -65,7 +65,7 @@ def train(
                 if scheduler is not None:
                     scheduler.step()
                 step += 1
-                losses.append(float(loss))
+                losses.append(loss.item())
                 correct += int((logits.argmax(1) == yb).sum())
                 seen += len(yb)
                 extra = on_step(step) if on_step is not None else None
