@@ -1,0 +1,109 @@
+"""`otov3 demo` end to end on a tiny budget: synthetic IDX files always, the real Fashion-MNIST when installed."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from otov3.cli.main import main
+from otov3.data.fashion_mnist import DEFAULT_ROOT
+
+TINY = ["--epochs", "1", "--width", "0.125", "--batch-size", "32", "--lr", "0.05"]
+
+
+def _write_split(root: Path, prefix: str, n: int, seed: int) -> None:
+    """A learnable stand-in for Fashion-MNIST: class c lights rows 2c..2c+2, plus noise."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    images = torch.randint(0, 60, (n, 28, 28), generator=gen, dtype=torch.uint8)
+    for i, c in enumerate(labels.tolist()):
+        images[i, 2 * c + 2 : 2 * c + 5] = 255
+    (root / f"{prefix}-images-idx3-ubyte.gz").write_bytes(
+        gzip.compress(struct.pack(">iiii", 2051, n, 28, 28) + images.numpy().tobytes()))
+    (root / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(struct.pack(">ii", 2049, n) + labels.to(torch.uint8).numpy().tobytes()))
+
+
+@pytest.fixture(scope="module")
+def fake_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("idx")
+    _write_split(root, "train", 320, seed=0)
+    _write_split(root, "t10k", 200, seed=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def demo_run(fake_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    code = main(["demo", "--data", str(fake_data), "--out", str(out), *TINY])
+    return code, out
+
+
+def test_demo_succeeds_and_writes_every_artefact(demo_run):
+    code, out = demo_run
+    assert code == 0
+    for rel in ("report.md", "metrics.json", "baseline.pt", "group_norms.png", "subnet/state_dict.pt",
+                "subnet/subnet.py", "subnet/summary.json", "graphs/dependency_graph.dot", "graphs/subnet_graph.dot"):
+        assert (out / rel).is_file(), rel
+    assert (out / "group_norms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "| Model | FLOPs (M MACs) | # of Params (M) | Top-1 Acc. (%) |" in report
+    assert "![dependency_graph](graphs/dependency_graph.svg)" in report or "dependency_graph.dot" in report
+
+
+def test_demo_subnet_is_smaller_and_exact_on_the_test_set(demo_run):
+    _, out = demo_run
+    m = json.loads((out / "metrics.json").read_text())
+    assert len(m["removed_groups"]) == 3 and set(m["removed_groups"]) == set(m["redundant_groups"])
+    assert m["macs_after"] < m["macs_before"] and m["params_after"] < m["params_before"]
+    assert m["same_predictions_percent"] == 100.0
+    assert m["subnet_top1"] == m["super_top1"]
+    assert m["settings"]["steps"] == 10 and m["settings"]["warmup_steps"] + m["settings"]["hybrid_steps"] < 10
+
+
+def test_demo_saved_subnet_reloads_into_its_generated_source(demo_run):
+    _, out = demo_run
+    namespace: dict = {}
+    exec(compile((out / "subnet" / "subnet.py").read_text(), "subnet.py", "exec"), namespace)
+    model = namespace["SubNet"]()
+    model.load_state_dict(torch.load(out / "subnet" / "state_dict.pt", weights_only=True))  # strict
+    assert model.eval()(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_demo_reuses_a_saved_baseline(demo_run, fake_data, tmp_path):
+    _, first = demo_run
+    code = main(["demo", "--data", str(fake_data), "--out", str(tmp_path), *TINY,
+                 "--baseline-from", str(first / "baseline.pt")])
+    assert code == 0
+    assert not (tmp_path / "baseline.pt").exists()
+    a = json.loads((first / "metrics.json").read_text())
+    b = json.loads((tmp_path / "metrics.json").read_text())
+    assert a["baseline_top1"] == b["baseline_top1"]
+    assert a["subnet_top1"] == b["subnet_top1"]  # same seed: the H2SPG run is reproducible
+
+
+def test_demo_without_data_says_where_to_point_it(tmp_path, capsys):
+    assert main(["demo", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "--data" in err
+
+
+def test_demo_rejects_a_budget_without_a_single_batch(fake_data, tmp_path, capsys):
+    assert main(["demo", "--data", str(fake_data), "--out", str(tmp_path), "--epochs", "0"]) == 2
+    assert "epoch" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not DEFAULT_ROOT.is_dir(), reason=f"{DEFAULT_ROOT} is absent (dataset-fashion-mnist not installed)")
+def test_demo_on_real_fashion_mnist_subset(tmp_path, capsys):
+    code = main(["demo", "--out", str(tmp_path), *TINY, "--train-samples", "320", "--test-samples", "300",
+                 "--no-baseline"])
+    assert code == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["baseline_top1"] is None and m["same_predictions_percent"] == 100.0
+    assert m["macs_ratio"] <= 0.5  # every valid 3-group removal of DemoSupNet keeps at most 47 % of the MACs
+    assert "DemoSupNet OTOv3 sub-network" in capsys.readouterr().out
