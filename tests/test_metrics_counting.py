@@ -83,6 +83,13 @@ def test_count_flops_restores_the_training_flag(training: bool) -> None:
     assert all(m.training is training for m in model.modules())
 
 
+def test_count_flops_keeps_a_frozen_submodule_in_eval_mode_inside_a_training_model() -> None:
+    model = _ConvLinear().train()
+    model.bn.eval()  # a frozen BN, as in fine-tuning
+    count_flops(model, torch.randn(1, 3, 7, 7))
+    assert model.training and not model.bn.training
+
+
 def test_count_flops_runs_in_eval_mode_and_leaves_bn_statistics_alone() -> None:
     model = _ConvLinear().train()
     before = model.bn.running_mean.clone()

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from otov3.capture.fx_capture import preserved_modes
+
 DummyInput = torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor] | Mapping[str, torch.Tensor]
 
 
@@ -35,8 +37,8 @@ def count_flops(model: nn.Module, dummy_input: DummyInput) -> int:
     The pass runs in eval mode under ``torch.no_grad()`` inside ``torch.utils.flop_counter.FlopCounterMode``,
     which reports FLOPs = 2 × MACs for convolutions and matrix products (Conv ``Cin·Cout·kh·kw·Hout·Wout/groups``,
     Linear ``in·out``) and ignores BN, activations, pooling, additions and resizes — the MAC convention of the
-    paper's "FLOPs (M)" columns (spec §7). The model's training flag is restored afterwards, also when the
-    forward pass raises.
+    paper's "FLOPs (M)" columns (spec §7). Every submodule's own training flag is restored afterwards (a frozen
+    BN stays in eval mode inside a training model), also when the forward pass raises.
 
     The count is for the whole dummy input; callers who want the paper's per-sample figure pass batch size 1.
 
@@ -48,17 +50,12 @@ def count_flops(model: nn.Module, dummy_input: DummyInput) -> int:
     Returns:
         Total FLOPs reported by the counter, halved: the MACs of the pass.
     """
-    was_training = model.training
     counter = FlopCounterMode(display=False)
-    try:
-        model.eval()
-        with torch.no_grad(), counter:
-            if isinstance(dummy_input, torch.Tensor):
-                model(dummy_input)
-            elif isinstance(dummy_input, Mapping):
-                model(**dummy_input)
-            else:
-                model(*dummy_input)
-    finally:
-        model.train(was_training)
+    with preserved_modes(model), torch.no_grad(), counter:
+        if isinstance(dummy_input, torch.Tensor):
+            model(dummy_input)
+        elif isinstance(dummy_input, Mapping):
+            model(**dummy_input)
+        else:
+            model(*dummy_input)
     return counter.get_total_flops() // 2
