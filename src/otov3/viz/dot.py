@@ -49,7 +49,8 @@ def dependency_dot(
         for s in segs:
             colour[s] = (PALETTE[i % len(PALETTE)], name)
     zero = set(zero_segments)
-    lines = _header(title)
+    legend = "coloured: GeZIGs, grey: other parametric segments" + (", dashed red: removed (zero)" if zero else "")
+    lines = _header(f"{title}\\n{legend}")
     for seg in dep.segments:
         ops = "-".join(trace.vertices[v].op for v in seg.vertices)
         label = f"S{seg.id}: {ops}"
