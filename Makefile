@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.otov3-installed
 
-.PHONY: setup sysdeps test demo lint bench
+.PHONY: setup sysdeps datadeps test demo lint bench
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,7 +22,7 @@ sysdeps:
 
 datadeps:
 	@test -d /usr/share/datasets/fashion-mnist || { (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
-	  || echo "note: could not install dataset-fashion-mnist; pass --data DIR with the IDX files"; }
+	  || echo "note: could not install dataset-fashion-mnist; run: make demo DEMO_ARGS='--data DIR' (DIR holds the IDX files)"; }
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -30,8 +30,13 @@ lint: setup
 test: setup sysdeps datadeps lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# Extra flags for the demo, e.g. make demo DEMO_ARGS="--data ~/fashion-mnist --epochs 4"
+DEMO_ARGS ?=
 demo: setup sysdeps datadeps
-	$(VENV)/bin/otov3 demo --out runs/demo
+	$(VENV)/bin/otov3 demo --out runs/demo $(DEMO_ARGS)
 
+# Every benchmark, one after the other (each prints a table; figures go to benchmarks/RESULTS.md by hand).
 bench: setup
 	$(PY) benchmarks/search_space.py
+	$(PY) benchmarks/optimizer_overhead.py
+	$(PY) benchmarks/subnet_latency.py
