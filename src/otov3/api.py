@@ -42,7 +42,9 @@ class OTO:
         >>> subnet = oto.construct_subnet()
 
     Args:
-        model: the super-network; it is traced, never modified.
+        model: the super-network; it is traced, never modified. A ``DistributedDataParallel`` or
+            ``DataParallel`` wrapper is looked through (its ``.module`` is used, the parameters are the same
+            objects), so group names never carry the wrapper's ``module.`` prefix.
         dummy_input: a tensor, a tuple of positional inputs, or a dict of keyword inputs.
         leaf_modules: module classes to treat as opaque ops (e.g. ones with data-dependent control flow).
         strict_validity: use the strict validity check (no starved vertices, spec §3.3) by default.
@@ -56,6 +58,8 @@ class OTO:
         leaf_modules: Sequence[type] = (),
         strict_validity: bool = True,
     ) -> None:
+        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
         self.model = model
         self.dummy_input = dummy_input
         self.strict_validity = strict_validity
