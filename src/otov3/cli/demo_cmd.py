@@ -44,6 +44,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--target-groups", type=int, default=3, help="GeZIGs to remove (the paper: 3 of 5)")
+    p.add_argument("--warmup-fraction", type=float, default=0.15,
+                   help="share of the steps spent averaging redundancy scores before the selection (default 0.15)")
+    p.add_argument("--zero-by", type=float, default=0.55,
+                   help="share of the steps by which every redundant group is exactly zero (default 0.55)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--baseline-from", type=Path, help="reuse a baseline saved by an earlier run (baseline.pt)")
@@ -59,6 +63,8 @@ def _settings(args: argparse.Namespace) -> dict:
             base[key] = value
     if base["epochs"] < 1 or base["train_samples"] < args.batch_size:
         raise OTOError("need at least 1 epoch and at least one batch of training images")
+    if not 0.0 <= args.warmup_fraction < args.zero_by <= 1.0:
+        raise OTOError(f"need 0 <= --warmup-fraction < --zero-by <= 1, got {args.warmup_fraction} and {args.zero_by}")
     return base
 
 
@@ -73,11 +79,11 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return (x - 0.2860) / 0.3530
 
 
-def _schedule(total_steps: int) -> tuple[int, int]:
-    """Warm-up 15 % of the steps, then all redundant groups reach zero by 55 % (spec §5.7: finish the hybrid
-    phase well before the end so the remaining network re-trains at a useful learning rate)."""
-    warmup = max(1, round(0.15 * total_steps))
-    hybrid = max(1, round(0.40 * total_steps))
+def _schedule(total_steps: int, warmup_fraction: float, zero_by: float) -> tuple[int, int]:
+    """Warm-up steps, then hybrid steps until every redundant group is zero (spec §5.7: finish the hybrid phase
+    well before the end so the remaining network re-trains at a useful learning rate)."""
+    warmup = max(1, round(warmup_fraction * total_steps))
+    hybrid = max(1, round(zero_by * total_steps) - warmup)
     return warmup, hybrid
 
 
@@ -102,20 +108,21 @@ def run(args: argparse.Namespace) -> int:
     x_train, y_train = _subset(_normalise(x_train), y_train, cfg["train_samples"], args.seed)
     x_test, y_test = _subset(_normalise(x_test), y_test, cfg["test_samples"], args.seed + 1)
     steps = cfg["epochs"] * math.ceil(len(x_train) / args.batch_size)
-    warmup, hybrid = _schedule(steps)
+    warmup, hybrid = _schedule(steps, args.warmup_fraction, args.zero_by)
     print(f"DemoSupNet(width={cfg['width']}) on Fashion-MNIST: {len(x_train)} training / {len(x_test)} test images, "
           f"{cfg['epochs']} epochs = {steps} steps of {args.batch_size}; H2SPG warm-up {warmup} steps, redundant "
           f"groups zero by step {warmup + hybrid}; device {device}.")
 
     dummy = torch.zeros(1, 1, 28, 28, device=device)
     rows = []
-    baseline_acc = None
+    baseline_acc = baseline_seconds = None
     if args.baseline_from is not None:
         saved = torch.load(args.baseline_from, weights_only=True)
         baseline = DemoSupNet(width=saved["width"]).to(device)
         baseline.load_state_dict(saved["state_dict"])
     elif not args.no_baseline:
-        baseline, _ = _sgd_baseline(args, cfg, x_train, y_train, steps, device)
+        baseline, info = _sgd_baseline(args, cfg, x_train, y_train, steps, device)
+        baseline_seconds = info["train_seconds"]
         torch.save({"state_dict": baseline.state_dict(), "width": cfg["width"]}, out / "baseline.pt")
     else:
         baseline = None
@@ -145,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     super_acc, super_pred = evaluate(model, x_test, y_test, device=device)
     subnet = oto.construct_subnet(out / "subnet")  # raises unless the outputs match the super-network's
     sub_acc, sub_pred = evaluate(subnet, x_test, y_test, device=device)
-    same_predictions = float((super_pred == sub_pred).float().mean() * 100)
+    same_predictions = round(float((super_pred == sub_pred).double().mean() * 100), 2)
     report = oto.compression_report(subnet)
     rows.append(("DemoSupNet OTOv3 super-network (trained)", report["macs_before"], report["params_before"],
                  super_acc))
@@ -172,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
         "same_predictions_percent": same_predictions,
         "removed_groups": [g.name for g in oto.zero_groups()],
         "redundant_groups": sorted(redundant),
+        "baseline_train_seconds": baseline_seconds,
         "h2spg_train_seconds": train_seconds,
         **report,
     }

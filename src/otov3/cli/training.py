@@ -29,7 +29,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: 
         preds.append(model(xb.to(device)).argmax(1).cpu())
     model.train(was_training)
     pred = torch.cat(preds)
-    return float((pred == y).float().mean() * 100), pred
+    return round(float((pred == y).double().mean() * 100), 2), pred
 
 
 def train(
