@@ -35,18 +35,22 @@ def _zero_set(name: str, oto: OTO) -> list:
     return chosen
 
 
-def _median_latency(model: torch.nn.Module, x: torch.Tensor, repeats: int, budget_s: float = 20.0) -> float:
-    """Median of `repeats` forward passes (fewer when they would take longer than `budget_s`)."""
-    model.eval()
+def _paired_latency(first: torch.nn.Module, second: torch.nn.Module, x: torch.Tensor, repeats: int,
+                    budget_s: float = 40.0) -> tuple[float, float]:
+    """Median forward time of both models, runs interleaved so that clock drift and load hit both alike."""
+    first.eval()
+    second.eval()
+    times: tuple[list[float], list[float]] = ([], [])
     with torch.no_grad():
         for _ in range(2):
-            model(x)
-        times: list[float] = []
-        while len(times) < repeats and (len(times) < 5 or sum(times) < budget_s):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+            first(x)
+            second(x)
+        while len(times[0]) < repeats and (len(times[0]) < 5 or sum(times[0]) + sum(times[1]) < budget_s):
+            for model, bucket in ((first, times[0]), (second, times[1])):
+                start = time.perf_counter()
+                model(x)
+                bucket.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def main() -> None:
@@ -58,7 +62,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from otov3.zoo import create_supernet, get_supernet_spec, list_supernets
 
-    print(f"batch {args.batch}, {args.threads} thread(s), median of up to {args.repeats} runs, eval mode\n")
+    print(f"batch {args.batch}, {args.threads} thread(s), median of up to {args.repeats} interleaved runs, eval mode\n")
     print("| model | zero groups | params super → sub | MACs ratio | latency super (ms) | latency sub (ms) "
           "| latency ratio | target met |")
     print("|---|---|---|---|---|---|---|---|")
@@ -76,8 +80,7 @@ def main() -> None:
         subnet = oto.construct_subnet()
         macs_ratio = count_flops(subnet, x1) / count_flops(model, x1)
         x = torch.randn(args.batch, *shape[1:])
-        t_super = _median_latency(model, x, args.repeats)
-        t_sub = _median_latency(subnet, x, args.repeats)
+        t_super, t_sub = _paired_latency(model, subnet, x, args.repeats)
         ratio = t_sub / t_super
         print(f"| {name} | {len(zero)}/{len(oto.groups)} | {count_params(model):,} → {count_params(subnet):,} | "
               f"{macs_ratio:.3f} | {t_super * 1e3:.2f} | {t_sub * 1e3:.2f} | {ratio:.3f} | "

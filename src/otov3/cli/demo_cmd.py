@@ -44,10 +44,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--target-groups", type=int, default=3, help="GeZIGs to remove (the paper: 3 of 5)")
-    p.add_argument("--warmup-fraction", type=float, default=0.15,
-                   help="share of the steps spent averaging redundancy scores before the selection (default 0.15)")
-    p.add_argument("--zero-by", type=float, default=0.55,
-                   help="share of the steps by which every redundant group is exactly zero (default 0.55)")
+    p.add_argument("--warmup-fraction", type=float, default=0.10,
+                   help="share of the steps spent averaging redundancy scores before the selection (default 0.10)")
+    p.add_argument("--zero-by", type=float, default=0.30,
+                   help="share of the steps by which every redundant group is exactly zero (default 0.30)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--baseline-from", type=Path, help="reuse a baseline saved by an earlier run (baseline.pt)")
