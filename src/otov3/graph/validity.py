@@ -7,29 +7,24 @@ from collections.abc import Iterable
 from otov3.graph.segments import VIRTUAL, DependencyGraph
 
 
-def _reachable_from_in(dep: DependencyGraph, removed: frozenset[int]) -> set[int]:
-    seen: set[int] = set()
-    stack = [s.id for s in dep.segments if VIRTUAL in dep.pred[s.id] and s.id not in removed]
-    seen.update(stack)
+def _closure(starts: Iterable[int], neighbours: dict[int, tuple[int, ...]], removed: frozenset[int]) -> set[int]:
+    """Segments reachable from `starts` along `neighbours`, never entering `removed` or the virtual IN/OUT."""
+    seen = {s for s in starts if s not in removed}
+    stack = list(seen)
     while stack:
-        u = stack.pop()
-        for w in dep.succ[u]:
+        for w in neighbours[stack.pop()]:
             if w != VIRTUAL and w not in removed and w not in seen:
                 seen.add(w)
                 stack.append(w)
     return seen
+
+
+def _reachable_from_in(dep: DependencyGraph, removed: frozenset[int]) -> set[int]:
+    return _closure((s.id for s in dep.segments if VIRTUAL in dep.pred[s.id]), dep.succ, removed)
 
 
 def _reaching_out(dep: DependencyGraph, removed: frozenset[int]) -> set[int]:
-    seen: set[int] = {o for o in dep.outputs if o not in removed}
-    stack = list(seen)
-    while stack:
-        u = stack.pop()
-        for w in dep.pred[u]:
-            if w != VIRTUAL and w not in removed and w not in seen:
-                seen.add(w)
-                stack.append(w)
-    return seen
+    return _closure(dep.outputs, dep.pred, removed)
 
 
 def valid_basic(dep: DependencyGraph, removed: Iterable[int]) -> bool:

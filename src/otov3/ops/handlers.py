@@ -49,19 +49,10 @@ def _conv_transpose_macs(ctx: OpContext) -> int:
     return _prod(src[1:]) * (m.out_channels // m.groups) * _prod(m.kernel_size)
 
 
+@register(modules=(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), macs=_conv_transpose_macs)
 @register(modules=(nn.Conv1d, nn.Conv2d, nn.Conv3d), macs=_conv_macs)
 def _conv(ctx: OpContext) -> OpTraits:
-    m = ctx.module
-    return OpTraits(
-        VertexKind.STEM,
-        zeroing=True,
-        zero_preserving=m.bias is None,
-        channel=ChannelRule.CONSUME if m.groups == 1 else ChannelRule.BLOCK,
-    )
-
-
-@register(modules=(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), macs=_conv_transpose_macs)
-def _conv_transpose(ctx: OpContext) -> OpTraits:
+    """Convolutions and transposed convolutions: same traits, only their MACs differ."""
     m = ctx.module
     return OpTraits(
         VertexKind.STEM,

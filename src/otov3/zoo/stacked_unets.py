@@ -22,7 +22,38 @@ def _up() -> nn.Upsample:
     return nn.Upsample(scale_factor=2, mode="nearest")
 
 
-class _LeftUnet(nn.Module):
+class _Unet(nn.Module):
+    """What both U-Nets share: the decoder, the output block and the forward with its three skip Adds."""
+
+    def _add_decoder(self, w0: int, w1: int) -> None:
+        # parameter-free resize 8×8 → 16×16 after the deepest skip Add
+        self.up = _up()
+        # conv, conv, bn, relu, resize 16×16 → 32×32: a GeZIG into the outermost skip Add
+        self.dec = nn.Sequential(
+            OrderedDict(
+                conv1=_conv(w1, w1),
+                conv2=_conv(w1, w0, bias=False),
+                bn=nn.BatchNorm2d(w0),
+                relu=nn.ReLU(),
+                up=_up(),
+            )
+        )
+        # relu, conv, relu, bn at 32×32: a GeZIG into the Add that merges both U-Nets (vertex 76)
+        self.out = nn.Sequential(
+            OrderedDict(relu1=nn.ReLU(), conv=_conv(w0, w0), relu2=nn.ReLU(), bn=nn.BatchNorm2d(w0))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x0 = self.enc0(x)
+        x1 = self.enc1(x0)
+        x2 = self.enc2(x1)
+        y = x2 + self.bottom(x2)  # Add 20 (left) / 57 (right)
+        y = x1 + self.up(y)  # Add 25 / 62
+        y = x0 + self.dec(y)  # Add 34 / 71
+        return self.out(y)
+
+
+class _LeftUnet(_Unet):
     """The U-Net that down-samples with max-pooling (official trace vertices 0-38)."""
 
     def __init__(self, c_in: int, w0: int, w1: int, w2: int, w3: int) -> None:
@@ -48,34 +79,11 @@ class _LeftUnet(nn.Module):
         self.bottom = nn.Sequential(
             OrderedDict(pool=nn.MaxPool2d(2), conv1=_conv(w1, w3), conv2=_conv(w3, w1), up=_up())
         )
-        # 24 resize (8×8 → 16×16, parameter-free)
-        self.up = _up()
-        # 26 conv, 27 conv, 28 bn, 29 relu, 33 resize (16×16 → 32×32, GeZIG → Add 34)
-        self.dec = nn.Sequential(
-            OrderedDict(
-                conv1=_conv(w1, w1),
-                conv2=_conv(w1, w0, bias=False),
-                bn=nn.BatchNorm2d(w0),
-                relu=nn.ReLU(),
-                up=_up(),
-            )
-        )
-        # 35 relu, 36 conv, 37 relu, 38 bn (32×32, GeZIG → Add 76)
-        self.out = nn.Sequential(
-            OrderedDict(relu1=nn.ReLU(), conv=_conv(w0, w0), relu2=nn.ReLU(), bn=nn.BatchNorm2d(w0))
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x0 = self.enc0(x)
-        x1 = self.enc1(x0)
-        x2 = self.enc2(x1)
-        y = x2 + self.bottom(x2)  # Add 20
-        y = x1 + self.up(y)  # Add 25
-        y = x0 + self.dec(y)  # Add 34
-        return self.out(y)
+        # 24 resize, then 26 conv, 27 conv, 28 bn, 29 relu, 33 resize, then 35 relu, 36 conv, 37 relu, 38 bn
+        self._add_decoder(w0, w1)
 
 
-class _RightUnet(nn.Module):
+class _RightUnet(_Unet):
     """The U-Net that down-samples with stride-2 convolutions (official trace vertices 39-75)."""
 
     def __init__(self, c_in: int, w0: int, w1: int, w2: int, w3: int) -> None:
@@ -98,31 +106,8 @@ class _RightUnet(nn.Module):
         self.bottom = nn.Sequential(
             OrderedDict(conv1=_conv(w1, w3, stride=2), conv2=_conv(w3, w3), conv3=_conv(w3, w1), up=_up())
         )
-        # 61 resize (8×8 → 16×16, parameter-free)
-        self.up = _up()
-        # 63 conv, 64 conv, 65 bn, 66 relu, 70 resize (16×16 → 32×32, GeZIG → Add 71)
-        self.dec = nn.Sequential(
-            OrderedDict(
-                conv1=_conv(w1, w1),
-                conv2=_conv(w1, w0, bias=False),
-                bn=nn.BatchNorm2d(w0),
-                relu=nn.ReLU(),
-                up=_up(),
-            )
-        )
-        # 72 relu, 73 conv, 74 relu, 75 bn (32×32, GeZIG → Add 76)
-        self.out = nn.Sequential(
-            OrderedDict(relu1=nn.ReLU(), conv=_conv(w0, w0), relu2=nn.ReLU(), bn=nn.BatchNorm2d(w0))
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x0 = self.enc0(x)
-        x1 = self.enc1(x0)
-        x2 = self.enc2(x1)
-        y = x2 + self.bottom(x2)  # Add 57
-        y = x1 + self.up(y)  # Add 62
-        y = x0 + self.dec(y)  # Add 71
-        return self.out(y)
+        # 61 resize, then 63 conv, 64 conv, 65 bn, 66 relu, 70 resize, then 72 relu, 73 conv, 74 relu, 75 bn
+        self._add_decoder(w0, w1)
 
 
 class StackedUnets(nn.Module):
