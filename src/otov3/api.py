@@ -15,6 +15,7 @@ from otov3.errors import ConstructionError, SearchSpaceError
 from otov3.graph.validity import valid_basic, valid_strict
 from otov3.search_space import SearchSpace, build_search_space
 from otov3.space import Group
+from otov3.subnet.dedupe import merge_duplicate_ops
 from otov3.subnet.plan import plan_subnet
 from otov3.subnet.surgery import apply_plan
 from otov3.subnet.verify import first_divergent_node, max_relative_difference
@@ -174,6 +175,7 @@ class OTO:
         verify: bool = True,
         rtol: float = 1e-5,
         trials: int = 3,
+        merge_duplicates: bool = True,
     ) -> torch.fx.GraphModule:
         """Build the standalone sub-network without the zero GeZIGs (spec §6).
 
@@ -186,6 +188,8 @@ class OTO:
             verify: compare outputs; an inexact sub-network raises instead of being returned.
             rtol: largest allowed max|super(x) - sub(x)| / max|super(x)|.
             trials: number of random inputs compared.
+            merge_duplicates: compute each parameter-free, deterministic op (pooling, activation, ...) once per
+                distinct input instead of once per call, as `otov3.subnet.dedupe` explains; same outputs, less time.
 
         Raises:
             ConstructionError: the zero groups disconnect the network, or the outputs differ.
@@ -203,6 +207,8 @@ class OTO:
         plan = plan_subnet(self.space.trace, self.space.dependency, segments)
         try:
             subnet = apply_plan(cap, self.space.trace, plan)
+            if merge_duplicates:
+                merge_duplicate_ops(subnet)
         except ConstructionError:
             raise
         except Exception as err:
