@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
 import torch
 import torch.fx
 from torch import nn
@@ -9,6 +13,14 @@ from torch import nn
 from otov3.subnet.verify import first_divergent_node, fresh_inputs, relative_difference
 
 RTOL = 1e-5
+
+
+def load_generated(path: Path) -> ModuleType:
+    """Import a generated `subnet.py` as a module, the way a user without otov3 would."""
+    spec = importlib.util.spec_from_file_location("generated_subnet", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def count(model: nn.Module) -> int:

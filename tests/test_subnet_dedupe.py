@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 import torch.fx
 import torch.nn.functional as F
@@ -13,7 +14,7 @@ from torch import nn
 from otov3 import OTO
 from otov3.subnet.dedupe import merge_duplicate_ops
 from otov3.zoo.darts import SearchCell
-from subnet_equivalence import assert_subnet_equivalent, randomize_
+from subnet_equivalence import assert_subnet_equivalent, load_generated, randomize_
 from supernets import random_supernets
 
 
@@ -107,7 +108,7 @@ class Cell(nn.Module):
         return self.cell(x, x)
 
 
-def test_darts_cell_subnet_pools_each_state_once():
+def test_darts_cell_subnet_pools_each_state_once(tmp_path):
     """14 edges read 5 distinct states (2 inputs, 3 non-final nodes): 5 max-pools instead of 14."""
     torch.manual_seed(0)
     model = Cell()
@@ -120,7 +121,7 @@ def test_darts_cell_subnet_pools_each_state_once():
             for s in g.slices:
                 s.view().zero_()
     plain = oto.construct_subnet(merge_duplicates=False)
-    merged = oto.construct_subnet()
+    merged = oto.construct_subnet(tmp_path)
     assert _calls(plain, nn.MaxPool2d) == 14 and _calls(merged, nn.MaxPool2d) == 5
     assert _calls(merged, nn.AvgPool2d) == 5
     # pre0 and pre1 both read x: one ReLU; every candidate opens with a ReLU of its state: one per state; the
@@ -129,6 +130,15 @@ def test_darts_cell_subnet_pools_each_state_once():
     assert _calls(merged, nn.ReLU) == 1 + 5 + 14
     assert sorted(merged.state_dict()) == sorted(plain.state_dict())
     assert_subnet_equivalent(model, merged, (x,), super_gm=oto.space.captured.gm)
+    # the shared calls survive the round trips: standalone source + state_dict, and ONNX
+    rebuilt = load_generated(tmp_path / "subnet.py").SubNet()
+    rebuilt.load_state_dict(torch.load(tmp_path / "state_dict.pt", weights_only=True))
+    assert_subnet_equivalent(model, rebuilt, (x,))
+    ort = pytest.importorskip("onnxruntime")
+    got = ort.InferenceSession(str(tmp_path / "subnet.onnx")).run(None, {"input_0": x.numpy()})[0]
+    with torch.no_grad():
+        ref = model.eval()(x).numpy()
+    assert abs(got - ref).max() <= 1e-4 * max(abs(ref).max(), 1.0)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

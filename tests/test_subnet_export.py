@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import shutil
 
@@ -13,7 +12,7 @@ import torch
 from otov3 import OTO
 from otov3.metrics import count_flops, count_params
 from otov3.zoo.demo_supnet import DemoSupNet
-from subnet_equivalence import assert_subnet_equivalent, randomize_, zero_groups_
+from subnet_equivalence import assert_subnet_equivalent, load_generated, randomize_, zero_groups_
 
 X = torch.randn(1, 1, 28, 28)
 
@@ -28,19 +27,12 @@ def built(tmp_path_factory):
     return model, oto, subnet, out
 
 
-def _load_generated(path):
-    spec = importlib.util.spec_from_file_location("generated_subnet", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_generated_source_and_state_dict_rebuild_the_subnet_without_otov3(built):
     model, _, subnet, out = built
     state = torch.load(out / "state_dict.pt", weights_only=True)
     source = (out / "subnet.py").read_text()
     assert "otov3" not in source.split('"""', 2)[2]  # nothing but the docstring mentions otov3
-    rebuilt = _load_generated(out / "subnet.py").SubNet()
+    rebuilt = load_generated(out / "subnet.py").SubNet()
     rebuilt.load_state_dict(state)  # strict: every key matches
     assert_subnet_equivalent(model, rebuilt, (X,))
 

@@ -19,6 +19,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from otov3.subnet.leaves import public_config
+
 # Stateless, deterministic torch.nn leaves: same arguments and configuration, same output (train or eval).
 _PURE_MODULES: tuple[type[nn.Module], ...] = (
     nn.Identity, nn.Flatten, nn.Unflatten,
@@ -79,9 +81,8 @@ def _module_config(module: nn.Module) -> Hashable | None:
         return None
     if module._forward_hooks or module._forward_pre_hooks:
         return None
-    config = {k: v for k, v in vars(module).items() if not k.startswith("_") and k != "training"}
     try:
-        return (type(module), _freeze(config))
+        return (type(module), _freeze(public_config(module)))
     except TypeError:
         return None
 

@@ -11,7 +11,7 @@ import torch
 import torch.fx
 
 from otov3.errors import ConstructionError
-from otov3.subnet.source import generate_source
+from otov3.subnet.source import check_source, generate_source
 
 if TYPE_CHECKING:
     from otov3.api import OTO
@@ -54,12 +54,14 @@ def export_subnet(oto: OTO, subnet: torch.fx.GraphModule, out_dir: Path) -> dict
     written: dict[str, str] = {}
     torch.save(subnet.state_dict(), out_dir / "state_dict.pt")
     written["state_dict"] = "state_dict.pt"
+    cap = oto.space.captured
     try:
-        (out_dir / "subnet.py").write_text(generate_source(subnet))
+        source = generate_source(subnet)
+        check_source(source, subnet, cap.args, cap.kwargs)
+        (out_dir / "subnet.py").write_text(source)
         written["source"] = "subnet.py"
     except ConstructionError as err:
         warnings.warn(str(err), stacklevel=3)
-    cap = oto.space.captured
     if not cap.kwargs and export_onnx(subnet, cap.args, out_dir / "subnet.onnx"):
         written["onnx"] = "subnet.onnx"
     report = oto.compression_report(subnet)
