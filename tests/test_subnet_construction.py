@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from otov3 import OTO, ConstructionError
+from otov3.subnet.source import check_source, generate_source
 from otov3.zoo.demo_supnet import DemoSupNet
 from otov3.zoo.stacked_unets import StackedUnets
 from subnet_equivalence import assert_subnet_equivalent, count, randomize_, zero_groups_
@@ -92,6 +93,7 @@ def test_stacked_unets_official_zero_set_deletes_the_whole_right_unet():
     assert not any(k.startswith("right.") for k in subnet.state_dict())
     assert not any(k.startswith("left.bottom") for k in subnet.state_dict())
     assert any(k.startswith("left.dec") for k in subnet.state_dict())
+    check_source(generate_source(subnet), subnet, (x,), {})
 
 
 def test_user_model_is_bit_identical_after_construction():

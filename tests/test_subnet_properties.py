@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from otov3 import OTO
+from otov3.subnet.source import check_source, generate_source
 from subnet_equivalence import assert_subnet_equivalent, count, randomize_, zero_groups_
 from supernets import random_supernets
 
@@ -36,6 +37,7 @@ def test_random_valid_zero_sets_give_exact_smaller_subnets(net, data):
     subnet = oto.construct_subnet()
     assert_subnet_equivalent(model, subnet, (x,), super_gm=oto.space.captured.gm)
     assert count(subnet) < count(model)
+    check_source(generate_source(subnet), subnet, (x,), {})  # the standalone source rebuilds the same network
     # a second batch size: zero-filled starved inputs must follow the input's batch
     x2 = torch.randn(3, *x.shape[1:])
     model.eval()
