@@ -83,6 +83,19 @@ def test_graphs_that_modify_tensors_in_place_are_left_alone():
     assert torch.equal(gm(x), expected)
 
 
+def test_positional_inplace_flags_count_as_in_place():
+    def twice(x: torch.Tensor) -> torch.Tensor:
+        y = F.max_pool2d(x, 3, 1, 1)
+        return F.relu(y, True) + F.max_pool2d(x, 3, 1, 1)  # the first pool's result is overwritten
+        # (fx records torch.nn.functional calls with keyword arguments, so `inplace=True` is visible)
+
+    gm = torch.fx.symbolic_trace(twice)
+    x = torch.randn(1, 2, 5, 5)
+    expected = gm(x)
+    assert merge_duplicate_ops(gm) == 0
+    assert torch.equal(gm(x), expected)
+
+
 class TwoDropouts(nn.Module):
     def __init__(self) -> None:
         super().__init__()
