@@ -23,6 +23,17 @@ def load_generated(path: Path) -> ModuleType:
     return module
 
 
+def assert_onnx_matches(path: Path, super_model: nn.Module, x: torch.Tensor) -> None:
+    """The exported ONNX file, run by onnxruntime, returns the super-network's output (eval mode, 1e-4 relative)."""
+    import onnxruntime
+
+    got = onnxruntime.InferenceSession(str(path)).run(None, {"input_0": x.numpy()})[0]
+    super_model.eval()
+    with torch.no_grad():
+        ref = super_model(x).numpy()
+    assert abs(got - ref).max() <= 1e-4 * max(abs(ref).max(), 1.0)
+
+
 def count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -14,7 +14,7 @@ from torch import nn
 from otov3 import OTO
 from otov3.subnet.dedupe import merge_duplicate_ops
 from otov3.zoo.darts import SearchCell
-from subnet_equivalence import assert_subnet_equivalent, load_generated, randomize_
+from subnet_equivalence import assert_onnx_matches, assert_subnet_equivalent, load_generated, randomize_
 from supernets import random_supernets
 
 
@@ -147,11 +147,8 @@ def test_darts_cell_subnet_pools_each_state_once(tmp_path):
     rebuilt = load_generated(tmp_path / "subnet.py").SubNet()
     rebuilt.load_state_dict(torch.load(tmp_path / "state_dict.pt", weights_only=True))
     assert_subnet_equivalent(model, rebuilt, (x,))
-    ort = pytest.importorskip("onnxruntime")
-    got = ort.InferenceSession(str(tmp_path / "subnet.onnx")).run(None, {"input_0": x.numpy()})[0]
-    with torch.no_grad():
-        ref = model.eval()(x).numpy()
-    assert abs(got - ref).max() <= 1e-4 * max(abs(ref).max(), 1.0)
+    pytest.importorskip("onnxruntime")
+    assert_onnx_matches(tmp_path / "subnet.onnx", model, x)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
