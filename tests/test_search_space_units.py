@@ -19,7 +19,7 @@ from torch import nn
 
 import otov3.ops.handlers  # noqa: F401  (fills the op table)
 from otov3 import OTO
-from otov3.graph.channels import follow_channels
+from otov3.graph.channels import cat_cut_blocked, follow_channels
 from otov3.graph.gezig import GroupSpec, SliceRef, partition
 from otov3.graph.segments import VIRTUAL, DependencyGraph, build_dependency_graph
 from otov3.graph.types import IN, OUT, ChannelRule, JointRule, OpTraits, TraceGraph, Vertex, VertexKind
@@ -308,7 +308,7 @@ def test_concat_operand_after_a_flatten_gets_the_expanded_feature_interval():
     assert SliceRef("bn.weight", 8, 16) in groups[("b",)].members, groups[("b",)].members
 
 
-def test_concat_feeding_an_add_blocks_admission_with_a_reason():
+def test_concat_whose_channels_cannot_be_followed_admits_its_operands_with_a_zero_block_instead():
     trace = graph(
         V("stem", CONV),
         V("sr", RELU, "stem"),
@@ -320,10 +320,11 @@ def test_concat_feeding_an_add_blocks_admission_with_a_reason():
         outputs=("head",),
     )
     _, groups = analyse(trace)
-    for op in ("a", "b"):
+    reason = cat_cut_blocked(trace, "cat", {"a"})
+    assert "'cat'" in reason and "'add'" in reason, reason
+    for op in ("a", "b"):  # the sub-network feeds the concat zeros: exact, and nothing downstream is cut
         g = groups[(op,)]
-        assert not g.is_gezig
-        assert "'cat'" in g.reason and "'add'" in g.reason, g.reason
+        assert g.is_gezig and g.members == (SliceRef(f"{op}.weight"), SliceRef(f"{op}.bias"))
 
 
 def test_shared_weights_in_two_parallel_branches_merge_into_one_gezig():
@@ -411,9 +412,17 @@ _INPUTS = {
     "x3t": lambda: torch.randn(2, 6, 4),
     "x5": lambda: torch.randn(2, 4, 4, 4, 4),
     "x2": lambda: torch.randn(2, 4),
-    "idx": lambda: torch.randint(0, 4, (2, 5)),
+    "idx": lambda: torch.randint(0, 3, (2, 5)),
+    "x2t": lambda: torch.randn(4, 2),
+    "w_lin": lambda: torch.randn(3, 6),
+    "w_conv1": lambda: torch.randn(3, 4, 1),
+    "w_conv2": lambda: torch.randn(3, 4, 1, 1),
+    "w_conv3": lambda: torch.randn(3, 4, 1, 1, 1),
+    "w_convt1": lambda: torch.randn(4, 3, 1),
+    "w_convt2": lambda: torch.randn(4, 3, 1, 1),
+    "w_convt3": lambda: torch.randn(4, 3, 1, 1, 1),
 }
-X4, X3, X3T, X5, X2, IDX = (_In(k) for k in _INPUTS)
+X4, X3, X3T, X5, X2, IDX, X2T, W_LIN, W_C1, W_C2, W_C3, W_T1, W_T2, W_T3 = (_In(k) for k in _INPUTS)
 
 # Tried in order; the first call that runs is the entry's representative call.
 _CALLS: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
@@ -433,6 +442,19 @@ _CALLS: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
     ((X5, 2), {}),
     ((X3, X3T), {}),
     (("bij,bjk->bik", X3, X3T), {}),
+    ((X2, X2T), {}),
+    ((X3,), {}),
+    ((X3, X3, X3), {}),
+    ((X4, (6,)), {}),
+    ((X4, None, None), {"training": True}),
+    ((X4, W_LIN), {}),
+    ((X3, W_C1), {}),
+    ((X4, W_C2), {}),
+    ((X5, W_C3), {}),
+    ((X3, W_T1), {}),
+    ((X4, W_T2), {}),
+    ((X5, W_T3), {}),
+    ((IDX, W_LIN), {}),
 ]
 _CONSTRUCTORS: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
     ((), {}),
@@ -445,8 +467,9 @@ _CONSTRUCTORS: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
     ((1, 0.0), {}),
     ((1, (2, 2)), {}),
     ((), {"scale_factor": 2}),
+    ((4, 2), {}),
 ]
-_MODULE_INPUTS = [X4, X3, X5, X2, IDX]
+_MODULE_INPUTS = [X4, X3, X5, X2, IDX, X3T]
 
 
 def _inputs_of(args: Any) -> list[_In]:
@@ -499,6 +522,7 @@ def _representative(kind: str, key: Any):
                 except Exception:
                     continue
                 candidates.extend((module, ((x,), {})) for x in _MODULE_INPUTS)
+                candidates.append((module, ((X3T, X3T, X3T), {"need_weights": False})))  # attention
     else:
         calls = [((X4, *c[0]), c[1]) for c in [((), {}), ((X4,), {}), ((1,), {}), ((2, -1), {}),
                                                   ((torch.float32,), {}), ((0, 2, 3, 1), {}), ((1, 2), {}),
@@ -550,6 +574,8 @@ def _id(entry: tuple[str, Any]) -> str:
 
 
 def _all_zero(value: Any) -> bool:
+    if value is None:  # e.g. the attention weights nn.MultiheadAttention did not compute
+        return True
     if isinstance(value, torch.Tensor):
         return bool((value == 0).all())
     return all(_all_zero(v) for v in value)
@@ -588,6 +614,10 @@ def test_every_op_table_entry_describes_a_representative_call_with_valid_traits(
     if traits.zero_preserving and all(v.is_floating_point() for v in values.values()):
         zeros = {i: torch.zeros_like(v) for i, v in values.items()}
         assert _all_zero(_run(gm, ins, zeros)[node.name]), "zero-preserving op maps zero to non-zero"
+    for position in traits.absorbing:  # a zero operand there gives a zero output, whatever the others
+        operand = node.args[position]
+        zeroed = {i: torch.zeros_like(v) if i.name == operand.name else v for i, v in values.items()}
+        assert _all_zero(_run(gm, ins, zeroed)[node.name]), f"op is not absorbing in operand {position}"
 
 
 def test_conv_macs_count_one_multiply_per_weight_per_output_position():

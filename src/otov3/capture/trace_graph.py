@@ -2,22 +2,41 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 import torch.fx
 from torch import nn
 
-import otov3.ops.handlers  # noqa: F401  (fills the op table)
+import otov3.ops.blocks  # noqa: F401  (fills the op table)
+import otov3.ops.handlers  # noqa: F401
 from otov3.capture.fx_capture import Captured
 from otov3.graph.types import IN, OUT, TraceGraph, Vertex
 from otov3.ops.registry import OpContext, lookup, unknown_traits
 
 
 def _is_data_value(value: Any) -> bool:
+    """A tensor, or a (nested) tuple/list holding at least one tensor and otherwise only tensors or None.
+
+    `nn.MultiheadAttention` returns `(out, None)`, `nn.LSTM` returns `(out, (h, c))`: both are data.
+    """
     if isinstance(value, torch.Tensor):
         return True
-    return isinstance(value, list | tuple) and bool(value) and all(isinstance(v, torch.Tensor) for v in value)
+    if not isinstance(value, list | tuple) or not value:
+        return False
+    leaves = list(_leaves(value))
+    return any(isinstance(v, torch.Tensor) for v in leaves) and all(
+        v is None or isinstance(v, torch.Tensor) for v in leaves
+    )
+
+
+def _leaves(value: Any):
+    if isinstance(value, list | tuple):
+        for v in value:
+            yield from _leaves(v)
+    else:
+        yield value
 
 
 def _shape(value: Any) -> tuple[int, ...] | None:
@@ -38,6 +57,52 @@ def op_name(node: torch.fx.Node, module: nn.Module | None) -> str:
     if node.op == "call_method":
         return str(node.target)
     return getattr(node.target, "__name__", str(node.target))
+
+
+def _side_params(
+    gm: torch.fx.GraphModule, node: torch.fx.Node, data: set[str]
+) -> tuple[list[torch.nn.Parameter], bool]:
+    """Parameters an op reads through non-data operands (get_attr, possibly behind views or casts).
+
+    Returns the parameters and whether the side chain maps zero parameters to zero operands (views, reshapes,
+    casts, scaling do; `exp` does not), i.e. whether zeroing them zeroes those operands.
+    """
+    found: list[torch.nn.Parameter] = []
+    preserving = True
+    seen: set[str] = set()
+    stack = [i for i in node.all_input_nodes if i.name not in data and i.op != "placeholder"]
+    while stack:
+        n = stack.pop()
+        if n.name in seen:
+            continue
+        seen.add(n.name)
+        if n.op == "get_attr":
+            attr = _param_or_none(gm, n.target)
+            if attr is not None:
+                found.append(attr)
+            continue
+        if n.op in ("call_function", "call_method", "call_module"):
+            module = gm.get_submodule(n.target) if n.op == "call_module" else None
+            handler = lookup(n, module)
+            try:
+                traits = handler.describe(_side_context(n, module)) if handler else None
+            except Exception:  # a handler that needs shapes: be conservative
+                traits = None
+            if traits is None or not traits.zero_preserving:
+                preserving = False
+            stack.extend(i for i in n.all_input_nodes if i.name not in data and i.op != "placeholder")
+    return found, preserving
+
+
+def _side_context(node: torch.fx.Node, module: nn.Module | None) -> OpContext:
+    return OpContext(node=node, module=module, in_shapes=(), out_shape=None, tensor_operands=1)
+
+
+def _param_or_none(gm: torch.fx.GraphModule, target: str) -> torch.nn.Parameter | None:
+    try:
+        return gm.get_parameter(target)
+    except AttributeError:
+        return None
 
 
 def canonical_param_names(model: nn.Module) -> dict[int, str]:
@@ -72,30 +137,33 @@ def build_trace_graph(cap: Captured, model: nn.Module) -> TraceGraph:
             succ[u].append(v)
             pred.setdefault(v, []).append(u)
 
+    users_of: dict[int, int] = {}  # id(parameter) -> number of data vertices reading it
+    keys_of: dict[str, set[int]] = {}
     for node in gm.graph.nodes:
         if node.name not in data:
             continue
         module = gm.get_submodule(node.target) if node.op == "call_module" else None
         occurrences = _node_occurrences(node)
         data_inputs = [i for i in occurrences if i.name in data or i.op == "placeholder"]
+        is_data = {i.name for i in data_inputs}
+        side, side_preserving = _side_params(gm, node, data)
+        side_trainable = [p for p in side if p.requires_grad and id(p) in canon]
         ctx = OpContext(
             node=node,
             module=module,
             in_shapes=tuple(_shape(values.get(i.name)) for i in data_inputs),
             out_shape=_shape(values.get(node.name)),
             tensor_operands=sum(1 for i in occurrences if isinstance(values.get(i.name), torch.Tensor)),
-            path=str(node.target) if module is not None else None,
+            path=str(node.target) if module is not None else node.meta.get("otov3_module"),
+            data_args=tuple(k for k, a in enumerate(node.args) if isinstance(a, torch.fx.Node) and a.name in is_data),
+            side_params=tuple(canon[id(p)] for p in side_trainable),
+            side_zeroing=bool(side_trainable) and side_preserving,
         )
         handler = lookup(node, module)
         traits = handler.describe(ctx) if handler else unknown_traits(node, module)
         macs = handler.macs(ctx) if handler else 0
 
-        owned: list[nn.Parameter] = list(module.parameters()) if module is not None else []
-        for i in occurrences:
-            if i.op == "get_attr":
-                attr = gm.get_parameter(i.target) if _is_param(gm, i.target) else None
-                if attr is not None:
-                    owned.append(attr)
+        owned: list[nn.Parameter] = [*(module.parameters() if module is not None else ()), *side]
         trainable, frozen = [], []
         for p in owned:
             name = canon.get(id(p))
@@ -103,20 +171,32 @@ def build_trace_graph(cap: Captured, model: nn.Module) -> TraceGraph:
                 continue
             (trainable if p.requires_grad else frozen).append(name)
             param_sizes[name] = tuple(p.shape)
+        # A parameter-free module reused at several places computes independently per call: not shared.
+        keys_of[node.name] = {id(p) for p in owned}
+        for k in keys_of[node.name]:
+            users_of[k] = users_of.get(k, 0) + 1
+        absorbing = tuple(
+            node.args[k].name for k in traits.absorbing
+            if k < len(node.args) and isinstance(node.args[k], torch.fx.Node) and node.args[k].name in is_data
+        )
         vertices[node.name] = Vertex(
             name=node.name,
             op=op_name(node, module),
             traits=traits,
             params=tuple(dict.fromkeys(trainable)),
             frozen_params=tuple(dict.fromkeys(frozen)),
-            module=str(node.target) if module is not None else None,
+            module=ctx.path,
             inputs=tuple(IN if i.op == "placeholder" else i.name for i in data_inputs),
             in_shapes=ctx.in_shapes,
             out_shape=ctx.out_shape,
             macs=int(macs),
+            absorbing=absorbing,
         )
         for i in data_inputs:
             link(IN if i.op == "placeholder" else i.name, node.name)
+    for name, keys in keys_of.items():
+        if any(users_of[k] > 1 for k in keys):
+            vertices[name] = replace(vertices[name], shared=True)
 
     output = next(n for n in gm.graph.nodes if n.op == "output")
     for i in _node_occurrences(output):
@@ -130,11 +210,3 @@ def build_trace_graph(cap: Captured, model: nn.Module) -> TraceGraph:
         pred={k: tuple(v) for k, v in pred.items()},
         param_sizes=param_sizes,
     )
-
-
-def _is_param(gm: torch.fx.GraphModule, target: str) -> bool:
-    try:
-        gm.get_parameter(target)
-        return True
-    except AttributeError:
-        return False

@@ -102,3 +102,27 @@ def _offsets(trace: TraceGraph, cat: str, operand: str, inner: list[tuple[int, i
             out.extend((offset + a, offset + (width if b is None else b)) for a, b in inner)
         offset += width
     return out
+
+
+def cat_cut_blocked(trace: TraceGraph, concat: str, dropped: set[str] | frozenset[str]) -> str | None:
+    """Why the operands `dropped` of `concat` cannot be cut out downstream, or None when they can.
+
+    When they cannot, the sub-network feeds `concat` a zero block instead (exact, since the super-network's
+    block was zero too): the branch's operations are still gone, only the downstream channels stay.
+    """
+    path = follow_channels(trace, concat)
+    if path.blocked:
+        return path.blocked
+    for v in (*path.passes, *path.consumers):
+        vert = trace.vertices[v]
+        cuts = vert.traits.per_channel_params or vert.traits.channel is ChannelRule.CONSUME
+        if vert.shared and cuts:
+            return f"the channels of '{concat}' reach '{v}' ({vert.op}), whose weights are also used elsewhere"
+    blocks = {v: trace.vertices[v].traits.channel_block for v in path.passes}
+    if any(b > 1 for b in blocks.values()):
+        for operand in dropped:
+            spans = operand_channels(trace, concat, operand)
+            for v, block in blocks.items():
+                if block > 1 and any(a % block or b % block for a, b in spans.get(v, [])):
+                    return f"the channels of '{concat}' cover part of a group of '{v}' ({trace.vertices[v].op})"
+    return None

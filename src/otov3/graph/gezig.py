@@ -1,13 +1,21 @@
-"""GeZIG formation (Algorithm 2, lines 11-15, and the admission rules 1-6 of spec §3.2)."""
+"""GeZIG formation (Algorithm 2, lines 11-15, and the admission rules 1-6 of spec §3.2).
+
+A removal structure grows from a parametric segment (its *seed*) whose own parameters can make its output
+exactly zero. The zero travels forward through zero-preserving ops and through products, which are absorbing
+in each operand (spec §2.2 "Products are not joints"); what then feeds only the zero ops (a gate's producers, a
+pre-norm in front of an attention sublayer) is dead and goes with the structure. Every edge that leaves the
+structure must enter an erasable joint that can drop it exactly. Overlapping structures (the gate, up and down
+projections of one gated MLP) merge into one GeZIG, as do segments that share weights.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
 
-from otov3.graph.channels import follow_channels, operand_channels
-from otov3.graph.segments import VIRTUAL, DependencyGraph, Segment
-from otov3.graph.types import JointRule, TraceGraph
+from otov3.graph.channels import cat_cut_blocked, operand_channels
+from otov3.graph.segments import DependencyGraph, Segment
+from otov3.graph.types import IN, OUT, JointRule, TraceGraph, VertexKind
 
 
 @dataclass(frozen=True)
@@ -28,7 +36,7 @@ class GroupSpec:
     """One group of the partition, in names only.
 
     Attributes:
-        segments: dependency-graph segments the group spans (several only under weight sharing).
+        segments: dependency-graph segments the group spans (its removal structure, or weight-sharing twins).
         vertices: their trace vertices.
         members: parameter slices the group owns.
         is_gezig: removable (all admission rules hold).
@@ -45,9 +53,12 @@ class GroupSpec:
 
 
 @dataclass(frozen=True)
-class _Verdict:
+class _Structure:
+    """What removing one seed segment takes with it, or why it cannot be removed."""
+
     ok: bool
     reason: str | None = None
+    segments: frozenset[int] = frozenset()
     aux: tuple[tuple[str, int, int], ...] = ()  # (param, start, stop) auxiliary slices
     resets: tuple[str, ...] = ()
 
@@ -56,84 +67,141 @@ def _segment_params(trace: TraceGraph, seg: Segment) -> list[str]:
     return list(dict.fromkeys(p for v in seg.vertices for p in trace.vertices[v].params))
 
 
-def _zero_invariance(trace: TraceGraph, seg: Segment) -> tuple[str | None, tuple[str, ...]]:
-    """Rule 3: a zeroing op followed only by zero-preserving ops. Returns (reason, vertices to reset)."""
+def _live_vertices(trace: TraceGraph) -> set[str]:
+    """Vertices with a data path to an output; the others are dead code in the super-network already."""
+    live: set[str] = set()
+    stack = [p for p in trace.predecessors(OUT) if p != IN]
+    while stack:
+        v = stack.pop()
+        if v in live:
+            continue
+        live.add(v)
+        stack.extend(p for p in trace.predecessors(v) if p != IN and p not in live)
+    return live
+
+
+def _seed_zero(trace: TraceGraph, seg: Segment, claimed: set[str]) -> tuple[str | None, list[str], list[str]]:
+    """Rule 3 inside the seed: a zeroing op (whose parameters the seed owns whole) followed only by
+    zero-preserving ops. Returns (reason, the chain's zero vertices, vertices to reset)."""
     last = -1
     for i, v in enumerate(seg.vertices):
         vert = trace.vertices[v]
-        if vert.traits.zeroing and vert.params and not vert.frozen_params:
+        owned = not any(p in claimed for p in vert.params)
+        if vert.traits.zeroing and vert.params and not vert.frozen_params and owned:
             last = i
     if last < 0:
-        return "contains no op that outputs zero when its own trainable parameters are zero", ()
+        return "contains no op that outputs zero when its own trainable parameters are zero", [], []
     resets = []
     for v in seg.vertices[last + 1 :]:
         t = trace.vertices[v].traits
         if t.resettable:
             resets.append(v)
         elif not t.zero_preserving:
-            op = trace.vertices[v].op
-            return f"'{v}' ({op}) after its last zeroing op does not map zero to zero", ()
-    return None, tuple(resets)
+            return f"'{v}' ({trace.vertices[v].op}) after its last zeroing op does not map zero to zero", [], []
+    return None, list(seg.vertices[last:]), resets
 
 
-def _consumer_check(trace: TraceGraph, seg: Segment, joint: str, owner_is_gezig) -> _Verdict:
-    """Rule 2: dropping `seg` from the joint `joint` must be an exact rewrite."""
+def _propagate(trace: TraceGraph, zero: set[str], skip: set[str], live: set[str], resets: list[str]) -> None:
+    """Grow `zero` forward (topological order): zero-preserving ops fed only zeros, products with a zero operand.
+
+    Erasable joints are never crossed: they are where a removal structure ends (a joint losing every input is
+    a starved vertex, which the validity check of spec §3.3 handles).
+    """
+    for name, v in trace.vertices.items():
+        if name in zero or name in skip or name not in live or not v.inputs:
+            continue
+        if any(i in zero for i in v.absorbing):
+            zero.add(name)
+        elif v.traits.joint is None and all(i in zero for i in v.inputs):
+            if v.traits.zero_preserving:
+                zero.add(name)
+            elif v.traits.resettable:
+                zero.add(name)
+                resets.append(name)
+
+
+def _dead(trace: TraceGraph, zero: set[str], live: set[str]) -> set[str]:
+    """Live vertices whose every consumer is zero or dead: a gate's producers, a norm in front of the structure.
+
+    Erasable joints are never taken: upstream of a joint lie other removal structures (DARTS edges into a node).
+    """
+    dead: set[str] = set()
+    for name in reversed(list(trace.vertices)):
+        if name in zero or name not in live or trace.vertices[name].traits.joint is not None:
+            continue
+        consumers = [w for w in trace.successors(name) if w == OUT or w in live]
+        if consumers and all(w in zero or w in dead for w in consumers):
+            dead.add(name)
+    return dead
+
+
+def _boundary_reason(trace: TraceGraph, joint: str, dropped: set[str]) -> str | None:
+    """Rule 2: dropping the inputs `dropped` of `joint` must be an exact rewrite; None when it is."""
     jv = trace.vertices[joint]
     rule = jv.traits.joint
-    last = seg.last
     if rule is None:
-        return _Verdict(False, f"feeds '{joint}' ({jv.op}), where dropping an input is not exact")
-    remaining = [(i, s) for i, s in zip(jv.inputs, jv.in_shapes, strict=True) if i != last]
+        if jv.traits.kind in (VertexKind.MERGE, VertexKind.UNKNOWN):
+            return f"feeds '{joint}' ({jv.op}), where dropping an input is not exact"
+        return f"feeds '{joint}' ({jv.op}), which is not a joint"
+    remaining = [s for i, s in zip(jv.inputs, jv.in_shapes, strict=True) if i not in dropped]
     if not remaining:
-        return _Verdict(False, f"is the only data input of '{joint}' ({jv.op})")
-    if rule is JointRule.ADD:
-        if any(s != jv.out_shape for _, s in remaining):
-            return _Verdict(False, f"'{joint}' ({jv.op}) broadcasts, so its output shape depends on this input")
-        return _Verdict(True)
-    if rule is JointRule.SUB:
-        if jv.inputs[0] == last:
-            return _Verdict(False, f"is the minuend of '{joint}' (only a subtrahend can be dropped)")
-        return _Verdict(True)
-    path = follow_channels(trace, joint)
-    if path.blocked:
-        return _Verdict(False, path.blocked)
+        return f"is the only data input of '{joint}' ({jv.op})"
+    if rule is JointRule.ADD and any(s != jv.out_shape for s in remaining):
+        return f"'{joint}' ({jv.op}) broadcasts, so its output shape depends on this input"
+    if rule is JointRule.SUB and jv.inputs[0] in dropped:
+        return f"is the minuend of '{joint}' (only a subtrahend can be dropped)"
+    return None
+
+
+def _aux_slices(trace: TraceGraph, cat: str, dropped: set[str]) -> list[tuple[str, int, int]]:
+    """Rule 4: per-channel slices downstream of a Concat operand; none when the concat is zero-filled instead."""
+    if cat_cut_blocked(trace, cat, dropped):
+        return []  # the sub-network feeds the concat a zero block: exact without cutting (spec §6.1)
     aux = []
-    intervals = operand_channels(trace, joint, last)
-    for v in path.passes:
-        vert = trace.vertices[v]
-        if vert.traits.joint is JointRule.CAT or not vert.traits.per_channel_params:
-            continue
-        if owner_is_gezig(v):
-            return _Verdict(False, f"its channels pass through '{v}', which belongs to a removable group")
-        for start, stop in intervals.get(v, []):
-            for p in vert.traits.per_channel_params:
-                if p in vert.params:
-                    aux.append((p, start, stop))
-    return _Verdict(True, aux=tuple(aux))
+    for operand in dropped:
+        intervals = operand_channels(trace, cat, operand)
+        for v, spans in intervals.items():
+            vert = trace.vertices[v]
+            if vert.traits.joint is JointRule.CAT:
+                continue
+            for start, stop in spans:
+                aux.extend((p, start, stop) for p in vert.traits.per_channel_params if p in vert.params)
+    return aux
 
 
-def _admission(trace: TraceGraph, dep: DependencyGraph, seg: Segment, owner_is_gezig) -> _Verdict:
-    outs = dep.succ[seg.id]
-    if not outs or VIRTUAL in outs:
-        return _Verdict(False, "feeds the model output")
-    non_joint = [s for s in outs if not dep.segments[s].is_joint]
-    if non_joint and len(outs) > 1:
-        names = ", ".join(f"'{dep.segments[s].vertices[0]}'" for s in outs[:4])
-        return _Verdict(False, f"feeds several operations ({names}); removing it would starve them")
-    if non_joint:
-        first = dep.segments[non_joint[0]].vertices[0]
-        return _Verdict(False, f"feeds '{first}' ({trace.vertices[first].op}), which is not a joint")
-    reason, resets = _zero_invariance(trace, seg)
+def _grow(trace: TraceGraph, dep: DependencyGraph, seg: Segment, live: set[str], claimed: set[str]) -> _Structure:
+    reason, zero_chain, resets = _seed_zero(trace, seg, claimed)
     if reason:
-        return _Verdict(False, reason)
+        return _Structure(False, reason)
+    zero = set(zero_chain)
+    _propagate(trace, zero, set(seg.vertices), live, resets)
+    removed = zero | _dead(trace, zero, live) | set(seg.vertices)
+    if any(OUT in trace.successors(v) for v in removed):
+        return _Structure(False, "feeds the model output")
+    boundary: dict[str, set[str]] = defaultdict(set)
+    for v in removed:
+        for w in trace.successors(v):
+            if w in live and w not in removed:
+                boundary[w].add(v)
+    if not boundary:
+        return _Structure(False, "feeds the model output")
+    failures = [(w, r) for w, r in ((w, _boundary_reason(trace, w, d)) for w, d in boundary.items()) if r]
+    if failures:
+        outs = [w for w in trace.successors(seg.last) if w in live]
+        if len(outs) > 1 and any(trace.vertices[w].traits.joint is None for w in outs):
+            names = ", ".join(f"'{w}'" for w in outs[:4])
+            return _Structure(False, f"feeds several operations ({names}); removing it would starve them")
+        return _Structure(False, failures[0][1])
+    segments = {dep.seg_of[v] for v in removed}
+    partial = [s for s in segments if not set(dep.segments[s].vertices) <= removed]
+    if partial:
+        first = dep.segments[partial[0]].vertices[0]
+        return _Structure(False, f"would remove only part of the operations around '{first}'")
     aux: list[tuple[str, int, int]] = []
-    for s in outs:
-        joint = dep.segments[s].vertices[0]
-        verdict = _consumer_check(trace, seg, joint, owner_is_gezig)
-        if not verdict.ok:
-            return verdict
-        aux.extend(verdict.aux)
-    return _Verdict(True, aux=tuple(aux), resets=resets)
+    for w, dropped in boundary.items():
+        if trace.vertices[w].traits.joint is JointRule.CAT:
+            aux.extend(_aux_slices(trace, w, dropped))
+    return _Structure(True, segments=frozenset(segments), aux=tuple(aux), resets=tuple(resets))
 
 
 def _complement(param: str, size: int, claimed: list[tuple[int, int]]) -> list[SliceRef]:
@@ -149,60 +217,82 @@ def _complement(param: str, size: int, claimed: list[tuple[int, int]]) -> list[S
     return out
 
 
+class _UnionFind:
+    def __init__(self, items) -> None:
+        self.parent = {i: i for i in items}
+
+    def find(self, a: int) -> int:
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return a
+
+    def union(self, a: int, b: int) -> None:
+        self.parent[self.find(b)] = self.find(a)
+
+
+def _structures(trace: TraceGraph, dep: DependencyGraph, parametric: list[Segment]) -> dict[int, _Structure]:
+    """Every seed's structure; a second pass withholds norm slices that other structures claim as auxiliary
+    members (a DenseNet layer's leading BN over earlier layers' channels), so no group relies on them."""
+    live = _live_vertices(trace)
+    first = {s.id: _grow(trace, dep, s, live, set()) for s in parametric}
+    claimed = {p for st in first.values() if st.ok for p, _, _ in st.aux}
+    if not claimed:
+        return first
+    return {s.id: _grow(trace, dep, s, live, claimed) for s in parametric}
+
+
 def partition(trace: TraceGraph, dep: DependencyGraph) -> tuple[GroupSpec, ...]:
     """Split the trainable parameters into GeZIGs and complementary groups, each with a reason.
 
     Every trainable scalar that the trace reaches ends up in exactly one group.
     """
     parametric = [s for s in dep.segments if _segment_params(trace, s)]
+    structures = _structures(trace, dep, parametric)
+
+    # Components: overlapping removal structures (rule 5 generalised) and segments sharing a parameter.
+    uf = _UnionFind(s.id for s in dep.segments)
+    covered: set[int] = set()
+    for sid, st in structures.items():
+        if st.ok:
+            covered |= st.segments
+            for other in st.segments:
+                uf.union(sid, other)
     users: dict[str, list[int]] = defaultdict(list)
     for s in parametric:
         for p in _segment_params(trace, s):
             users[p].append(s.id)
-
-    # First pass without auxiliary conflicts, to know which segments could be GeZIGs at all.
-    plain = {s.id: _admission(trace, dep, s, lambda v: False) for s in parametric}
-    provisional = {sid for sid, v in plain.items() if v.ok}
-    verdicts = {
-        s.id: _admission(trace, dep, s, lambda v: dep.seg_of[v] in provisional) if plain[s.id].ok else plain[s.id]
-        for s in parametric
-    }
-
-    # Rule 5: segments sharing a parameter form one component (union-find).
-    parent = {s.id: s.id for s in parametric}
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
     for sids in users.values():
         for other in sids[1:]:
-            parent[find(other)] = find(sids[0])
+            uf.union(sids[0], other)
     components: dict[int, list[int]] = defaultdict(list)
-    for s in parametric:
-        components[find(s.id)].append(s.id)
+    for s in dep.segments:
+        components[uf.find(s.id)].append(s.id)
 
     claimed: dict[str, list[tuple[int, int]]] = defaultdict(list)
     drafts = []
     for sids in components.values():
-        ok = all(verdicts[i].ok for i in sids)
+        seeds = [i for i in sids if i in structures]
+        if not seeds:
+            continue  # parameter-free segments outside every structure belong to no group
+        uncovered = [i for i in seeds if i not in covered]
+        ok = not uncovered
         reason = None
         if not ok:
-            bad = next(i for i in sids if not verdicts[i].ok)
-            reason = verdicts[bad].reason
-            if len(sids) > 1:
-                reason = f"shares parameters with segments {sorted(sids)}, not all removable: {reason}"
-        aux = [a for i in sids for a in verdicts[i].aux] if ok else []
+            reason = structures[uncovered[0]].reason
+            if len(seeds) > 1:
+                reason = f"shares parameters with segments {sorted(seeds)}, not all removable: {reason}"
+        oks = [structures[i] for i in seeds if structures[i].ok] if ok else []
+        aux = list(dict.fromkeys(a for st in oks for a in st.aux))
         for p, start, stop in aux:
             claimed[p].append((start, stop))
-        drafts.append((sids, ok, reason, aux, [r for i in sids for r in verdicts[i].resets] if ok else []))
+        resets = list(dict.fromkeys(r for st in oks for r in st.resets))
+        drafts.append((sorted(sids) if ok else sorted(seeds), ok, reason, aux, resets))
 
     groups = []
     for sids, ok, reason, aux, resets in sorted(drafts, key=lambda d: d[0][0]):
         verts = tuple(v for i in sids for v in dep.segments[i].vertices)
-        params = list(dict.fromkeys(p for i in sids for p in _segment_params(trace, dep.segments[i])))
+        params = list(dict.fromkeys(p for v in verts for p in trace.vertices[v].params))
         members: list[SliceRef] = []
         for p in params:
             size = trace.param_sizes.get(p, (0,))

@@ -50,6 +50,10 @@ class OpTraits:
             Concat interval passes through (auxiliary members, spec §3.2 rule 4).
         resettable: zero-preserving once its running mean is zeroed (non-affine BN in eval mode, spec §6.2).
         reason: why the op is unknown or merge-only (for messages).
+        absorbing: positions in the call's arguments (``node.args``) of operands in which the op is absorbing:
+            when such an operand is identically zero, so is the output (``a * b``, ``a / c``, ``q @ k``,
+            attention's value), spec §2.2 "Products are not joints".
+        channel_block: channels pass only in whole blocks of this size (GroupNorm's group size); 1 = any.
     """
 
     kind: VertexKind
@@ -60,6 +64,8 @@ class OpTraits:
     per_channel_params: tuple[str, ...] = ()
     resettable: bool = False
     reason: str | None = None
+    absorbing: tuple[int, ...] = ()
+    channel_block: int = 1
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,8 @@ class Vertex:
         in_shapes: shapes of those inputs; None where not a tensor.
         out_shape: shape of the output tensor, or None.
         macs: multiply-accumulates for the traced input.
+        absorbing: data inputs in which the op is absorbing (a zero there makes the output zero).
+        shared: the op's parameters or module are also used by another vertex (weight sharing).
     """
 
     name: str
@@ -89,6 +97,8 @@ class Vertex:
     in_shapes: tuple[tuple[int, ...] | None, ...] = ()
     out_shape: tuple[int, ...] | None = None
     macs: int = 0
+    absorbing: tuple[str, ...] = ()
+    shared: bool = False
 
 
 @dataclass(frozen=True)

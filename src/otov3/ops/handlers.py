@@ -206,7 +206,7 @@ def _reshape(ctx: OpContext) -> OpTraits:
     return OpTraits(A, zero_preserving=True, channel=_shape_rule(ctx))
 
 
-@register(functions=(torch.permute, torch.transpose, torch.swapaxes, torch.movedim, operator.getitem),
+@register(functions=(torch.permute, torch.transpose, torch.swapaxes, torch.movedim),
           methods=("permute", "transpose", "swapaxes", "movedim"))
 def _reorder(ctx: OpContext) -> OpTraits:
     # Shapes cannot tell whether dim 1 still holds the channels (a square transpose keeps every size), nor
@@ -227,33 +227,46 @@ def _constant_operand_is_zero(ctx: OpContext) -> bool:
     return all(isinstance(c, int | float) and c == 0 for c in consts)
 
 
+def _data_operands(ctx: OpContext) -> int:
+    return len(ctx.in_shapes)
+
+
 @register(functions=(operator.add, operator.iadd, torch.add), methods=("add", "add_"))
 def _add(ctx: OpContext) -> OpTraits:
     alpha = ctx.node.kwargs.get("alpha", 1)
-    if ctx.tensor_operands >= 2 and alpha != 1:
+    if _data_operands(ctx) >= 2 and alpha != 1:
         return OpTraits(VertexKind.MERGE, reason="adds with a scale factor (alpha), so an operand is not droppable")
-    if ctx.tensor_operands >= 2:
+    if _data_operands(ctx) >= 2:
         return OpTraits(VertexKind.JOINT, joint=JointRule.ADD, zero_preserving=True)
-    # Adding a constant: 0 maps to the constant, so zero-preserving only for a literal 0.
+    # Adding a constant or a parameter (positional embedding): 0 maps to it, zero-preserving only for literal 0.
     return OpTraits(A, zero_preserving=_constant_operand_is_zero(ctx), channel=ChannelRule.BLOCK)
 
 
 @register(functions=(operator.sub, operator.isub, torch.sub), methods=("sub",))
 def _sub(ctx: OpContext) -> OpTraits:
-    if ctx.tensor_operands >= 2:
+    if _data_operands(ctx) >= 2:
         return OpTraits(VertexKind.JOINT, joint=JointRule.SUB, zero_preserving=True)
     return OpTraits(A, zero_preserving=_constant_operand_is_zero(ctx), channel=ChannelRule.BLOCK)
 
 
-@register(functions=(operator.mul, operator.imul, torch.mul, operator.truediv, torch.div),
-          methods=("mul", "div"))
-def _scale_or_gate(ctx: OpContext) -> OpTraits:
-    if ctx.tensor_operands >= 2:
-        return OpTraits(VertexKind.MERGE, reason="multiplies activations (dropping an input is not exact)")
-    divides = ctx.node.target in (operator.truediv, torch.div) or ctx.node.target == "div"
-    if divides and not isinstance(ctx.node.args[0] if ctx.node.args else None, torch.fx.Node):
+@register(functions=(operator.mul, operator.imul, torch.mul, operator.truediv, torch.div, torch.true_divide),
+          methods=("mul", "mul_", "div", "div_"))
+def _product(ctx: OpContext) -> OpTraits:
+    """Products are absorbing, not joints (spec §2.2): a zero operand makes the output zero."""
+    divides = ctx.node.target in (operator.truediv, torch.div, torch.true_divide, "div", "div_")
+    numerator_is_data = 0 in ctx.data_args
+    if _data_operands(ctx) >= 2:
+        same = len({a for a in ctx.node.args[:2] if isinstance(a, torch.fx.Node)}) == 1  # x / x is 0/0 at 0
+        absorbing = ((0,) if numerator_is_data and not same else ()) if divides else tuple(ctx.data_args)
+        return OpTraits(VertexKind.MERGE, absorbing=absorbing,
+                        reason="multiplies activations (dropping an input is not exact)")
+    if divides and not numerator_is_data:
         # c / x maps 0 to inf: not zero-preserving, and not per-channel-safe either
         return OpTraits(A, zero_preserving=False, channel=ChannelRule.BLOCK)
+    if ctx.side_params:
+        # x * p with p a parameter (LayerScale, a learned channel scale): zeroing p zeroes the branch
+        return OpTraits(A, zeroing=ctx.side_zeroing and not divides, zero_preserving=True,
+                        channel=ChannelRule.BLOCK)
     return OpTraits(A, zero_preserving=True, channel=_shape_rule(ctx))
 
 
@@ -268,7 +281,23 @@ def _cat(ctx: OpContext) -> OpTraits:
     return OpTraits(VertexKind.MERGE, reason=f"concatenates along dim {dim}, not the channel axis")
 
 
-@register(functions=(torch.stack, torch.matmul, operator.matmul, torch.bmm, torch.einsum, torch.maximum,
-                     torch.minimum), methods=("matmul", "bmm"))
+@register(functions=(torch.stack, torch.maximum, torch.minimum))
 def _merge(ctx: OpContext) -> OpTraits:
     return OpTraits(VertexKind.MERGE, reason="combines activations in a way that dropping one is not exact")
+
+
+@register(functions=(torch.matmul, operator.matmul, torch.bmm, torch.mm, torch.einsum), methods=("matmul", "bmm"))
+def _matmul(ctx: OpContext) -> OpTraits:
+    """A product of activations: absorbing in every data operand (q @ k, attention @ v, einsum terms)."""
+    if _data_operands(ctx) >= 2:
+        return OpTraits(VertexKind.MERGE, absorbing=tuple(ctx.data_args),
+                        reason="multiplies activations (dropping an input is not exact)")
+    if ctx.side_params:  # x @ W with W a parameter: a linear map without bias
+        return OpTraits(VertexKind.STEM, zeroing=ctx.side_zeroing, zero_preserving=True)
+    return OpTraits(A, zero_preserving=True)
+
+
+@register(functions=(F.scaled_dot_product_attention,))
+def _attention(ctx: OpContext) -> OpTraits:
+    """softmax(q kᵀ) v is zero when the value is zero (whatever q and k)."""
+    return OpTraits(VertexKind.MERGE, absorbing=(2,), reason="attention combines query, key and value")

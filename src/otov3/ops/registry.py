@@ -26,6 +26,9 @@ class OpContext:
     out_shape: tuple[int, ...] | None
     tensor_operands: int  # how many arguments are tensors (data or side inputs)
     path: str | None = None  # qualified module path for call_module nodes
+    data_args: tuple[int, ...] = ()  # positions in node.args that hold data (reachable from the model input)
+    side_params: tuple[str, ...] = ()  # trainable parameters read through non-data operands (get_attr, views)
+    side_zeroing: bool = False  # side_params exist and zeroing them makes every non-data tensor operand zero
 
     def qualify(self, local: str) -> str:
         """Qualified parameter name of the module's own parameter `local`."""
@@ -50,6 +53,13 @@ class OpHandler:
 _BY_MODULE: dict[type, OpHandler] = {}
 _BY_FUNCTION: dict[Any, OpHandler] = {}
 _BY_METHOD: dict[str, OpHandler] = {}
+_BY_QUALNAME: dict[str, OpHandler] = {}  # "package.module.function": functions of libraries otov3 does not import
+
+
+def qualified_name(obj: Any) -> str | None:
+    """`module.qualname` of a function or class, the key of `_BY_QUALNAME`."""
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    return f"{module}.{qualname}" if module and qualname else None
 
 
 def register(
@@ -57,9 +67,14 @@ def register(
     modules: tuple[type, ...] = (),
     functions: tuple[Any, ...] = (),
     methods: tuple[str, ...] = (),
+    qualnames: tuple[str, ...] = (),
     macs: Callable[[OpContext], int] | None = None,
 ) -> Callable[[Callable[[OpContext], OpTraits]], Callable[[OpContext], OpTraits]]:
-    """Decorator adding a describe-function to the table under every given key."""
+    """Decorator adding a describe-function to the table under every given key.
+
+    `qualnames` key functions or classes of other libraries (torchvision, timm) by `module.qualname`, so that
+    otov3 does not import them; the match is still exact.
+    """
 
     def wrap(fn: Callable[[OpContext], OpTraits]) -> Callable[[OpContext], OpTraits]:
         handler = OpHandler(fn.__name__.removeprefix("_"), fn, macs or (lambda ctx: 0))
@@ -69,6 +84,8 @@ def register(
             _BY_FUNCTION[key] = handler
         for key in methods:
             _BY_METHOD[key] = handler
+        for key in qualnames:
+            _BY_QUALNAME[key] = handler
         return fn
 
     return wrap
@@ -80,22 +97,31 @@ def lookup(node: torch.fx.Node, module: nn.Module | None) -> OpHandler | None:
         for cls in type(module).__mro__:
             if cls in _BY_MODULE:
                 return _BY_MODULE[cls]
+            if qualified_name(cls) in _BY_QUALNAME:
+                return _BY_QUALNAME[qualified_name(cls)]
         return None
     if node.op == "call_function":
         try:
-            return _BY_FUNCTION.get(node.target)
+            found = _BY_FUNCTION.get(node.target)
         except TypeError:  # unhashable target
-            return None
+            found = None
+        return found or _BY_QUALNAME.get(qualified_name(node.target) or "")
     if node.op == "call_method":
         return _BY_METHOD.get(str(node.target))
     return None
 
 
 def unknown_traits(node: torch.fx.Node, module: nn.Module | None) -> OpTraits:
-    what = type(module).__name__ if module is not None else getattr(node.target, "__name__", str(node.target))
-    return OpTraits(VertexKind.UNKNOWN, reason=f"'{what}' is not in otov3's op table")
+    target = type(module) if module is not None else node.target
+    short = getattr(target, "__name__", str(target))
+    full = qualified_name(target) if not isinstance(target, str) else f"torch.Tensor.{target}"
+    return OpTraits(
+        VertexKind.UNKNOWN,
+        reason=f"'{short}' is not in otov3's op table ({full}; declare it with otov3.register_op)",
+    )
 
 
 def table_entries() -> dict[str, dict[Any, OpHandler]]:
     """The whole table, for tests and docs."""
-    return {"modules": dict(_BY_MODULE), "functions": dict(_BY_FUNCTION), "methods": dict(_BY_METHOD)}
+    return {"modules": dict(_BY_MODULE), "functions": dict(_BY_FUNCTION), "methods": dict(_BY_METHOD),
+            "qualnames": dict(_BY_QUALNAME)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from otov3.graph.channels import follow_channels
+from otov3.graph.channels import cat_cut_blocked
 from otov3.graph.segments import DependencyGraph
 from otov3.graph.types import IN, OUT, ChannelRule, JointRule, TraceGraph
 
@@ -38,6 +38,8 @@ def _zero_vertices(trace: TraceGraph, zero_vertices: set[str]) -> set[str]:
             continue
         if v.traits.zero_preserving and all(i in zero for i in v.inputs):
             zero.add(name)
+        elif any(i in zero for i in v.absorbing):  # a product with a zero operand (spec §2.2)
+            zero.add(name)
     return zero
 
 
@@ -64,7 +66,7 @@ def _can_drop(trace: TraceGraph, name: str, zero_inputs: set[str]) -> bool:
         return all(s == v.out_shape for _, s in remaining)
     if rule is JointRule.SUB:
         return v.inputs[0] not in zero_inputs
-    return follow_channels(trace, name).blocked is None
+    return cat_cut_blocked(trace, name, zero_inputs) is None
 
 
 def _width(shape: tuple[int, ...] | None) -> int:
