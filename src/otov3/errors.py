@@ -28,3 +28,21 @@ class ConstructionError(OTOError):
 
 class DataError(OTOError):
     """A local dataset file is missing or malformed."""
+
+
+class DriftError(OTOError):
+    """The model changed after `OTO(...)` traced it (dtype, device, or a parameter replaced)."""
+
+
+class ExportError(OTOError):
+    """Writing the sub-network's files failed; the folder is left as it was.
+
+    Attributes:
+        path: the file or folder that could not be written.
+        subnet: the verified sub-network, still usable (also kept as ``oto.last_subnet``).
+    """
+
+    def __init__(self, message: str, *, path: object = None, subnet: object = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.subnet = subnet

@@ -12,6 +12,7 @@ import torch.fx
 from torch import nn
 
 from otov3.errors import CaptureError
+from otov3.ops.user import user_leaf_classes
 
 DummyInput = torch.Tensor | Sequence[Any] | Mapping[str, Any]
 
@@ -21,15 +22,20 @@ class Captured:
     """A traced copy-free view of the user's model.
 
     Attributes:
-        gm: GraphModule whose submodules are the user's own modules (never edited in place).
+        gm: GraphModule whose submodules are the user's own modules (never edited in place); for the export
+            backend, whose `get_attr` targets are the user's own parameters and buffers.
         args: positional example inputs, kwargs: keyword example inputs.
         values: example value of every node (tensors detached), from one eval-mode run.
+        backend: "fx" (torch.fx symbolic trace) or "export" (non-strict torch.export, aten ops).
+        fallback_reason: why the first backend tried was not used (``capture="auto"``), else None.
     """
 
     gm: torch.fx.GraphModule
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     values: dict[str, Any]
+    backend: str = "fx"
+    fallback_reason: str | None = None
 
 
 class _NamingTracer(torch.fx.Tracer):
@@ -43,6 +49,8 @@ class _NamingTracer(torch.fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if self._leaves and isinstance(m, self._leaves):
+            return True
+        if type(m) in user_leaf_classes():  # declared with otov3.register_op
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -132,7 +140,8 @@ def capture(model: nn.Module, dummy_input: DummyInput, *, leaf_modules: Sequence
     if not isinstance(model, nn.Module):
         raise CaptureError(f"model must be a torch.nn.Module, got {type(model)!r}")
     args, kwargs = split_dummy_input(dummy_input)
-    gm = _trace(model, tuple(leaf_modules), kwargs)
+    with preserved_modes(model):  # trace the deployment graph: `if self.training:` branches take eval's side
+        gm = _trace(model, tuple(leaf_modules), kwargs)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(args) > len(placeholders):
         raise CaptureError(

@@ -140,7 +140,9 @@ def _boundary_reason(trace: TraceGraph, joint: str, dropped: set[str]) -> str | 
     jv = trace.vertices[joint]
     rule = jv.traits.joint
     if rule is None:
-        if jv.traits.kind in (VertexKind.MERGE, VertexKind.UNKNOWN):
+        if jv.traits.kind is VertexKind.UNKNOWN:
+            return f"feeds '{joint}' ({jv.op}), where dropping an input is not exact: {jv.traits.reason}"
+        if jv.traits.kind is VertexKind.MERGE:
             return f"feeds '{joint}' ({jv.op}), where dropping an input is not exact"
         return f"feeds '{joint}' ({jv.op}), which is not a joint"
     remaining = [s for i, s in zip(jv.inputs, jv.in_shapes, strict=True) if i not in dropped]

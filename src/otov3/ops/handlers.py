@@ -112,15 +112,16 @@ def _instance_norm(ctx: OpContext) -> OpTraits:
 
 @register(modules=(nn.GroupNorm,))
 def _group_norm(ctx: OpContext) -> OpTraits:
+    """Channels pass in whole groups: a zero group normalises to zero and the other groups' statistics stay."""
     m = ctx.module
-    per_channel_ok = m.num_groups == m.num_channels
-    per_channel = (ctx.qualify("weight"), ctx.qualify("bias")) if m.affine and per_channel_ok else ()
+    per_channel = (ctx.qualify("weight"), ctx.qualify("bias")) if m.affine else ()
     return OpTraits(
         A,
         zeroing=m.affine,
         zero_preserving=not m.affine,
-        channel=ChannelRule.PASS if per_channel_ok else ChannelRule.BLOCK,
+        channel=ChannelRule.PASS,
         per_channel_params=per_channel,
+        channel_block=m.num_channels // m.num_groups,
     )
 
 
