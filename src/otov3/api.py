@@ -38,8 +38,8 @@ class OTO:
 
     Example:
         >>> oto = OTO(model, torch.randn(1, 3, 32, 32))
-        >>> optimizer = oto.h2spg(lr=0.1, target_group_sparsity=0.5, warmup_steps=200)
-        >>> ...  # ordinary training loop calling optimizer.step()
+        >>> optimizer = oto.h2spg(lr=0.1, target_group_sparsity=0.5, warmup_steps=200, hybrid_steps=800)
+        >>> ...  # ordinary training loop calling optimizer.step(), for more than 200 + 800 steps
         >>> subnet = oto.construct_subnet()
 
     Args:
@@ -79,18 +79,36 @@ class OTO:
         return list(self.space.complementary)
 
     def group(self, name: str) -> Group:
-        """The GeZIG called `name`."""
+        """The GeZIG called `name`.
+
+        Raises:
+            SearchSpaceError: no GeZIG has that name (the message lists them), or `name` is not a string.
+        """
+        if not isinstance(name, str):
+            raise SearchSpaceError(f"A GeZIG name must be a string, got {type(name).__name__} {name!r}.")
         for g in self.space.gezigs:
             if g.name == name:
                 return g
         known = ", ".join(g.name for g in self.space.gezigs)
         raise SearchSpaceError(f"No GeZIG named {name!r}. Known GeZIGs: {known}")
 
-    def _resolve(self, groups: Iterable[Group | str]) -> list[Group]:
+    def _resolve(self, groups: Iterable[Group | str] | Group | str) -> list[Group]:
+        if isinstance(groups, str | Group):
+            groups = [groups]  # one group, not an iterable of characters
+        mine = {id(g) for g in (*self.space.gezigs, *self.space.complementary)}
         out = []
         for g in groups:
             if isinstance(g, str):
                 g = self.group(g)
+            elif not isinstance(g, Group):
+                raise SearchSpaceError(
+                    f"Expected GeZIGs (oto.groups items) or their names, got {type(g).__name__} {g!r}."
+                )
+            if id(g) not in mine:
+                raise SearchSpaceError(
+                    f"Group {g.name!r} belongs to another OTO (another search space), not to this one; pass this "
+                    "OTO's groups (oto.groups) or their names."
+                )
             if not g.is_gezig:
                 raise SearchSpaceError(f"Group {g.name!r} is not removable: {g.reason}")
             out.append(g)
@@ -100,8 +118,11 @@ class OTO:
         """Whether removing these GeZIGs leaves a valid network (spec §3.3 hierarchy check).
 
         Args:
-            groups: GeZIGs (objects or names).
+            groups: GeZIGs (objects or names), or one of them.
             strict: also forbid starved vertices; defaults to the OTO's `strict_validity`.
+
+        Raises:
+            SearchSpaceError: a name is unknown, a group belongs to another OTO or is not removable.
         """
         segments = {s for g in self._resolve(groups) for s in g.segments}
         strict = self.strict_validity if strict is None else strict
@@ -109,9 +130,32 @@ class OTO:
         return check(self.space.dependency, segments)
 
     def is_valid_indices(self, indices: Iterable[int], *, strict: bool | None = None) -> bool:
-        """`is_valid_removal` by positions in `groups` (what the optimizer calls)."""
+        """`is_valid_removal` by positions in `groups` (what the optimizer calls).
+
+        Raises:
+            ValueError: an index is not an integer, or lies outside ``0 .. len(oto.groups) - 1`` (negative
+                positions are refused: they would silently name another group).
+        """
+        import operator
+
         gezigs = self.space.gezigs
-        return self.is_valid_removal([gezigs[i] for i in indices], strict=strict)
+        chosen = []
+        for i in indices:
+            try:
+                if isinstance(i, bool):
+                    raise TypeError
+                position = operator.index(i)
+            except TypeError:
+                raise ValueError(f"GeZIG indices must be integers, got {type(i).__name__} {i!r}.") from None
+            if not 0 <= position < len(gezigs):
+                raise ValueError(
+                    f"GeZIG index {position} is out of range: this OTO has {len(gezigs)} GeZIGs, indices "
+                    f"0..{len(gezigs) - 1}."
+                )
+            chosen.append(gezigs[position])
+        segments = {s for g in chosen for s in g.segments}
+        strict = self.strict_validity if strict is None else strict
+        return (valid_strict if strict else valid_basic)(self.space.dependency, segments)
 
     # --- training ------------------------------------------------------------------------------------
 
@@ -142,13 +186,26 @@ class OTO:
             weight_decay: weight decay (default per variant).
             target_group_sparsity: K (int >= 1) or a fraction of the GeZIGs in (0, 1).
             warmup_steps: steps of plain training while redundancy scores are averaged.
-            hybrid_steps: steps after warm-up by which every redundant group is zero; None = no deadline.
+            hybrid_steps: steps after warm-up by which every redundant group is zero; train past
+                ``warmup_steps + hybrid_steps``. None = no deadline: zeros are not guaranteed (a warning says so).
             strict: strict validity for the selection; defaults to the OTO's `strict_validity`.
+
+        Raises:
+            DriftError: the model was converted, moved or had parameters replaced after `OTO(...)`.
         """
+        from otov3.drift import check_drift
         from otov3.optim import H2SPG
 
+        check_drift(self, when="creating the optimizer")
+        if hybrid_steps is None:
+            warnings.warn(
+                "oto.h2spg(hybrid_steps=None) sets no deadline: redundant groups reach zero only if the half-space "
+                "test happens to project them, so construct_subnet() may find fewer zero groups than the target. "
+                "Pass hybrid_steps=N and train past warmup_steps + N.", UserWarning, stacklevel=2,
+            )
+        names = {id(p): n for n, p in self.model.named_parameters()}
         params = [p for p in self.model.parameters() if p.requires_grad]
-        return H2SPG(
+        optimizer = H2SPG(
             params,
             self.space.gezigs,
             lambda indices: self.is_valid_indices(indices, strict=strict),
@@ -159,8 +216,17 @@ class OTO:
             target_group_sparsity=target_group_sparsity,
             warmup_steps=warmup_steps,
             hybrid_steps=hybrid_steps,
+            param_names=[names[id(p)] for p in params],
             **options,
         )
+        if getattr(self, "_optimizer", None) is not None:
+            warnings.warn(
+                "oto.h2spg() was already called on this OTO: two optimizers over the same parameters undo each "
+                "other's zeros. construct_subnet() checks the newest one; step only that one.",
+                UserWarning, stacklevel=2,
+            )
+        self._optimizer = optimizer
+        return optimizer
 
     # --- the sub-network -------------------------------------------------------------------------------
 
@@ -176,24 +242,44 @@ class OTO:
         rtol: float = 1e-5,
         trials: int = 3,
         merge_duplicates: bool = True,
+        allow_partial: bool = False,
+        overwrite: bool = False,
     ) -> torch.fx.GraphModule:
         """Build the standalone sub-network without the zero GeZIGs (spec §6).
 
         The user's model is not touched: the sub-network is a new GraphModule with copies of the surviving
-        parameters and buffers, kept modules under their original names. Before returning, its outputs are
-        compared with the super-network's on fresh random inputs in eval mode.
+        parameters and buffers, kept modules under their original names. Before returning, its weights are checked
+        to be finite and its outputs are compared with the super-network's on fresh random inputs in eval mode.
+        When `oto.h2spg()` created an optimizer, every group it chose for removal must be exactly zero (train past
+        ``warmup_steps + hybrid_steps``); the returned network is also kept as `oto.last_subnet`.
 
         Args:
-            out_dir: also write the state_dict, generated source, ONNX (when possible) and a JSON summary here.
+            out_dir: also write the state_dict, generated source, ONNX and a JSON summary here, all or nothing
+                (a file that cannot be produced is named, with the reason, in a warning and in the summary).
             verify: compare outputs; an inexact sub-network raises instead of being returned.
-            rtol: largest allowed max|super(x) - sub(x)| / max|super(x)|.
+            rtol: largest allowed max|super(x) - sub(x)| / max|super(x)| (float16/bfloat16 outputs: at least a few
+                ulps of their precision).
             trials: number of random inputs compared.
             merge_duplicates: compute each parameter-free, deterministic op (pooling, activation, ...) once per
                 distinct input instead of once per call, as `otov3.subnet.dedupe` explains; same outputs, less time.
+            allow_partial: build even when the optimizer's redundant groups are not all zero yet (warns instead).
+            overwrite: write into a non-empty `out_dir` that holds no earlier otov3 export (its other files stay).
 
         Raises:
-            ConstructionError: the zero groups disconnect the network, or the outputs differ.
+            ConstructionError: the zero groups disconnect the network, the optimizer's redundant groups are not all
+                zero (without `allow_partial`), a weight or output is NaN/Inf, or the outputs differ.
+            DriftError: the model was converted, moved or had parameters replaced after `OTO(...)`.
+            ExportError: `out_dir` cannot be written; the verified sub-network is on the error (`err.subnet`) and
+                on `oto.last_subnet`.
         """
+        from otov3.drift import check_drift
+        from otov3.subnet.promise import check_promise
+        from otov3.subnet.verify import non_finite_tensors
+
+        check_drift(self, when="constructing the sub-network")
+        optimizer = getattr(self, "_optimizer", None)
+        if optimizer is not None:
+            check_promise(optimizer, self.space.gezigs, allow_partial=allow_partial)
         zero = self.zero_groups()
         self._warn_nearly_zero(zero)
         segments = {s for g in zero for s in g.segments}
@@ -216,15 +302,31 @@ class OTO:
                 f"Building the sub-network failed after removing {[g.name for g in zero]}: {err}"
             ) from err
         subnet.train(self.model.training)
+        bad = non_finite_tensors(subnet)
+        if bad:
+            raise ConstructionError(
+                f"The sub-network's weights hold NaN/Inf: {', '.join(bad[:5])}. Training diverged or a weight was "
+                "corrupted; reload a checkpoint from before (lower the learning rate), nothing was returned."
+            )
         if verify:
             self._verify(subnet, zero, rtol=rtol, trials=trials)
         self._last_subnet = subnet
         self._last_removed = tuple(zero)
         if out_dir is not None:
+            from otov3.errors import ExportError
             from otov3.subnet.export import export_subnet
 
-            export_subnet(self, subnet, Path(out_dir))
+            try:
+                export_subnet(self, subnet, Path(out_dir), overwrite=overwrite)
+            except ExportError as err:
+                err.subnet = subnet
+                raise
         return subnet
+
+    @property
+    def last_subnet(self) -> torch.fx.GraphModule | None:
+        """The sub-network the last successful `construct_subnet` verified (kept even if writing files failed)."""
+        return getattr(self, "_last_subnet", None)
 
     def _warn_nearly_zero(self, zero: list[Group]) -> None:
         near = [
@@ -239,18 +341,20 @@ class OTO:
     def _verify(self, subnet: torch.fx.GraphModule, zero: list[Group], *, rtol: float, trials: int) -> None:
         cap = self.space.captured
         try:
-            diff = max_relative_difference(self.model, subnet, cap.args, cap.kwargs, trials=trials)
+            diff = max_relative_difference(self.model, subnet, cap.args, cap.kwargs, trials=trials, rtol=rtol)
+        except ConstructionError as err:
+            raise ConstructionError(f"Verifying the sub-network without {[g.name for g in zero]}: {err}") from err
         except Exception as err:
             raise ConstructionError(
                 f"The sub-network without {[g.name for g in zero]} does not run: {err}"
             ) from err
-        if diff > rtol:
+        if diff > 1.0:  # diff is relative to the tolerance
             node = first_divergent_node(cap.gm, subnet, cap.args, cap.kwargs, rtol)
             where = f" First divergent node: '{node}'." if node else ""
             raise ConstructionError(
-                f"The sub-network's outputs differ from the super-network's by {diff:.3g} (relative; allowed "
-                f"{rtol:g}) after removing {[g.name for g in zero]}.{where} Nothing was returned; please report "
-                "this model."
+                f"The sub-network's outputs differ from the super-network's by {diff:.3g} times the allowed "
+                f"relative difference ({rtol:g}) after removing {[g.name for g in zero]}.{where} Nothing was "
+                "returned; please report this model."
             )
 
     def compression_report(self, subnet: nn.Module | None = None) -> dict[str, float | int]:

@@ -13,7 +13,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from otov3.errors import OptimizerError
-from otov3.optim import kernels
+from otov3.optim import _checks, kernels
+from otov3.optim._checks import check_group_options, check_number, require, whole_steps
 from otov3.optim._layout import GroupLayout
 from otov3.optim._step import RUN_KEY, StepEngine
 from otov3.space import Group
@@ -88,7 +89,10 @@ class H2SPG(StepEngine, Optimizer):
     the optimizer buffers, computes the GeZIG reductions ``‖x‖², ⟨x,d⟩, ‖d‖²`` and (unless the λ decision must
     come first) the parameter; the rest uses foreach ops like torch.optim. The trial point ``x̃`` is never
     materialised (``⟨x̃,x⟩`` follows from the reductions). Parameters made entirely of zero groups are skipped
-    from then on. A non-finite value met in those reductions raises `OptimizerError` naming the parameter.
+    from then on.
+
+    Never silent: a step whose gradients hold NaN/Inf anywhere raises `OptimizerError` naming the parameter before
+    anything moves; hyper-parameters must be finite; `load_state_dict` checks the whole saved state first.
 
     Args:
         params: every trainable parameter of the model, or param-group dicts.
@@ -112,10 +116,12 @@ class H2SPG(StepEngine, Optimizer):
         deadline_window: fraction of ``hybrid_steps`` at the end that shrinks still non-zero groups.
         score_weights: weights of the cosine and inverse-magnitude score terms.
         official_adam_init: start Adam's moments at ``g'``/``g'²`` like the official code.
+        param_names: names of the parameters in ``param_groups`` order, for messages (default: GeZIG slice names,
+            else ``param_groups[i][j]``).
 
     Raises:
-        ValueError: a hyper-parameter is out of range (the message names it and its value), or the GeZIGs hold a
-            parameter that is not in ``params``.
+        ValueError: a hyper-parameter is out of range or not finite (the message names it and its value), a step
+            count is not whole, or the GeZIGs hold a parameter that is not in ``params``.
 
     Example:
         >>> opt = H2SPG(model.parameters(), gezigs, is_valid, target_group_sparsity=3,
@@ -146,6 +152,7 @@ class H2SPG(StepEngine, Optimizer):
         deadline_window: float = 0.5,
         score_weights: tuple[float, float] = (0.5, 0.5),
         official_adam_init: bool = False,
+        param_names: Sequence[str] | None = None,
     ) -> None:
         if variant not in _VARIANT_DEFAULTS:
             raise ValueError(f"variant={variant!r} is unknown; choose one of {sorted(_VARIANT_DEFAULTS)}")
@@ -155,20 +162,17 @@ class H2SPG(StepEngine, Optimizer):
         lam = preset["lam"] if lam is None else lam
         eta = preset["eta"] if eta is None else eta
         kappa = preset["kappa"] if kappa is None else kappa
-        _check_group_options(lr, momentum, dampening, weight_decay, betas, adam_eps, where="")
-        _require(0.0 <= epsilon < 1.0, "epsilon", epsilon, "must lie in [0, 1)")
-        _require(0.0 <= score_momentum <= 1.0, "score_momentum", score_momentum, "must lie in [0, 1]")
-        _require(lam >= 0.0, "lam", lam, "must be >= 0")
-        _require(eta >= 1.0, "eta", eta, "must be >= 1")
-        _require(kappa >= 1.0, "kappa", kappa, "must be >= 1")
-        _require(0.0 < deadline_window <= 1.0, "deadline_window", deadline_window, "must lie in (0, 1]")
-        _require(isinstance(warmup_steps, int) and warmup_steps >= 0, "warmup_steps", warmup_steps, "must be >= 0")
-        _require(
-            hybrid_steps is None or (isinstance(hybrid_steps, int) and hybrid_steps >= 1),
-            "hybrid_steps", hybrid_steps, "must be None or an int >= 1",
-        )
-        _require(len(score_weights) == 2 and min(score_weights) >= 0, "score_weights", score_weights,
-                 "must be two non-negative weights")
+        check_group_options(lr, momentum, dampening, weight_decay, betas, adam_eps, where="")
+        check_number("epsilon", epsilon, 0.0, 1.0, high_open=True)
+        check_number("score_momentum", score_momentum, 0.0, 1.0)
+        check_number("lam", lam, 0.0)
+        check_number("eta", eta, 1.0)
+        check_number("kappa", kappa, 1.0)
+        check_number("deadline_window", deadline_window, 0.0, 1.0, low_open=True)
+        warmup_steps = whole_steps("warmup_steps", warmup_steps, 0)
+        hybrid_steps = whole_steps("hybrid_steps", hybrid_steps, 1, optional=True)
+        require(len(score_weights) == 2 and all(_checks._real(w) and w >= 0 for w in score_weights),
+                "score_weights", score_weights, "must be two finite non-negative weights")
         if not gezigs:
             raise ValueError("gezigs is empty: H2SPG needs at least one removable group")
         k = kernels.target_count(target_group_sparsity, len(gezigs))
@@ -178,10 +182,14 @@ class H2SPG(StepEngine, Optimizer):
              "betas": tuple(betas), "adam_eps": adam_eps},
         )
         for i, group in enumerate(self.param_groups):
-            _check_group_options(group["lr"], group["momentum"], group["dampening"], group["weight_decay"],
-                                 group["betas"], group["adam_eps"], where=f"param_groups[{i}] ")
+            check_group_options(group["lr"], group["momentum"], group["dampening"], group["weight_decay"],
+                                group["betas"], group["adam_eps"], where=f"param_groups[{i}] ")
         self._flat_params = [p for group in self.param_groups for p in group["params"]]
         self._layout = GroupLayout(gezigs, self._flat_params)
+        self._param_names = self._names(param_names)
+        owner = {self._layout.slice_pos[i]: gezigs[g].name for i, g in enumerate(self._layout.slice_group)}
+        self._labels = [f"{n!r}" + (f" of GeZIG {owner[i]!r}" if i in owner else "")
+                        for i, n in enumerate(self._param_names)]
         self._gezigs = tuple(gezigs)
         self._is_valid = is_valid
         self._index_cache: dict[tuple[int, ...], Tensor] = {}
@@ -261,35 +269,65 @@ class H2SPG(StepEngine, Optimizer):
             "important_norm": math.sqrt(sum(v**2 for i, v in enumerate(norms) if i not in redundant)),
         }
 
+    def _names(self, given: Sequence[str] | None) -> list[str]:
+        if given is not None:
+            given = list(given)
+            if len(given) != len(self._flat_params) or not all(isinstance(n, str) for n in given):
+                raise ValueError(f"param_names must name each of the {len(self._flat_params)} parameters")
+            return given
+        names = {}
+        for j, group in enumerate(self.param_groups):
+            for k, p in enumerate(group["params"]):
+                names[id(p)] = f"param_groups[{j}]['params'][{k}] {tuple(p.shape)}"
+        for i, pos in enumerate(self._layout.slice_pos):
+            names[id(self._flat_params[pos])] = self._layout.slice_name[i]
+        return [names[id(p)] for p in self._flat_params]
+
     # ------------------------------------------------------------------------------------------- state dict
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Loads a state dict saved by an H2SPG over the same GeZIGs (checked by name)."""
-        run = state_dict.get("state", {}).get(RUN_KEY)
-        if run is None:
-            raise ValueError("state_dict has no 'h2spg' entry: it was not saved by H2SPG")
-        names = [g.name for g in self._gezigs]
-        if list(run["gezigs"]) != names:
-            raise ValueError(f"state_dict was saved for GeZIGs {list(run['gezigs'])}, this optimizer has {names}")
+        """Loads a state dict saved by an H2SPG over the same GeZIGs, after checking all of it.
+
+        Load the model's weights first: the zero groups recorded in the state must be zero in them.
+
+        Raises:
+            ValueError: naming the first problem (wrong type, GeZIG names, an index out of range, a step that is not
+                a non-negative int, a buffer shaped unlike its parameter, NaN/Inf, a zero list that disagrees with
+                the weights, an invalid redundant set); nothing was loaded.
+        """
+        _checks.check_state_dict(state_dict, self)
+        run = copy.deepcopy(dict(state_dict["state"][RUN_KEY]))
+        for key in ("rejected", "zero", "forced"):
+            run[key] = list(run[key])
+        run["redundant"] = None if run["redundant"] is None else list(run["redundant"])
+        run["gezigs"] = list(run["gezigs"])
         super().load_state_dict(state_dict)
-        self.state[RUN_KEY] = copy.deepcopy(run)
+        self.state[RUN_KEY] = run
 
     # ------------------------------------------------------------------------------------------------- step
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Performs one H2SPG step (see the class docstring); returns the closure's loss if one is given.
 
         Raises:
-            OptimizerError: a GeZIG slice whose scores or λ step are computed this step has a non-finite
-                gradient (found in the norms H2SPG computes anyway, no extra pass). No group has been selected
-                or projected, but the step was abandoned part-way (buffers, and in warm-up some parameters,
-                took the bad values): reload the last checkpoint.
+            OptimizerError: a gradient holds NaN/Inf (the message names the parameter); nothing has moved. A
+                non-finite parameter value met later in the GeZIG reductions also raises; that step was abandoned
+                part-way, so reload the last checkpoint.
+            ValueError: a param group's option (e.g. ``lr`` set by hand) is out of range or not finite.
         """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         with torch.no_grad():
+            self._check_before_step()
             self._step()
         return loss
+
+    def _check_before_step(self) -> None:
+        """All or nothing: options a scheduler or user may have changed, and every gradient, checked first."""
+        for i, group in enumerate(self.param_groups):
+            check_group_options(group["lr"], group["momentum"], group["dampening"], group["weight_decay"],
+                                tuple(group["betas"]), group["adam_eps"], where=f"param_groups[{i}] ")
+        _checks.check_gradients(self._flat_params, self._labels, self.state[RUN_KEY]["step"])
 
     def _select(self, run: dict[str, Any]) -> None:
         """spec §5.5: the redundant set is chosen once, after warm-up, and then fixed."""
@@ -319,16 +357,3 @@ class H2SPG(StepEngine, Optimizer):
             return 1.0
         window = kernels.forcing_window(d, self.defaults["deadline_window"])
         return kernels.forcing_factor(n, self.defaults["warmup_steps"] + d, window)
-
-def _require(ok: bool, name: str, value: Any, what: str) -> None:
-    if not ok:
-        raise ValueError(f"{name}={value!r} {what}")
-
-
-def _check_group_options(lr, momentum, dampening, weight_decay, betas, adam_eps, *, where: str) -> None:
-    _require(isinstance(lr, int | float) and lr > 0, f"{where}lr", lr, "must be > 0")
-    _require(momentum >= 0, f"{where}momentum", momentum, "must be >= 0")
-    _require(0 <= dampening <= 1, f"{where}dampening", dampening, "must lie in [0, 1]")
-    _require(weight_decay >= 0, f"{where}weight_decay", weight_decay, "must be >= 0")
-    _require(len(betas) == 2 and all(0 <= b < 1 for b in betas), f"{where}betas", betas, "must lie in [0, 1)")
-    _require(adam_eps >= 0, f"{where}adam_eps", adam_eps, "must be >= 0")

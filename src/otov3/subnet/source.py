@@ -53,26 +53,92 @@ def _global_imports(globals_: dict[str, object]) -> str:
     return ("\n" + "\n".join(out)) if out else ""
 
 
+def _owner(path: str) -> tuple[str, str]:
+    parent, _, name = path.rpartition(".")
+    return (f"self.get_submodule({parent!r})" if parent else "self"), name
+
+
+def _holders(path: str, created: set[str]) -> list[str]:
+    """Lines creating the empty `nn.Module` holders above `path` that do not exist yet."""
+    parts, lines = path.split("."), []
+    for depth in range(1, len(parts)):
+        holder = ".".join(parts[:depth])
+        if holder not in created:
+            owner, name = _owner(holder)
+            lines.append(f"        {owner}.add_module({name!r}, nn.Module())\n")
+            created.add(holder)
+    return lines
+
+
+def _dtype_suffix(path: str, module: nn.Module) -> str:
+    """`.to(dtype)` when the leaf's floating tensors are not float32 (fp16/bf16/fp64 models)."""
+    dtypes = {t.dtype for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()}
+    if len(dtypes) > 1:
+        names = ", ".join(sorted(str(d) for d in dtypes))
+        raise ConstructionError(f"Module '{path}' mixes floating dtypes ({names}); cannot write it as one line.")
+    dtype = dtypes.pop() if dtypes else torch.float32
+    return "" if dtype == torch.float32 else f".to({dtype})"
+
+
+def _attribute_line(gm: torch.fx.GraphModule, target: str) -> str:
+    """Creation of a tensor read by a get_attr node: empty Parameter / buffer (values come from the state_dict),
+    or a literal for small tensors that the state_dict does not hold (fx constants, non-persistent buffers)."""
+    parent, _, name = target.rpartition(".")
+    try:
+        holder = gm.get_submodule(parent) if parent else gm
+        value = getattr(holder, name)
+    except AttributeError as err:
+        raise ConstructionError(f"Attribute '{target}' read by the graph does not exist: {err}") from err
+    owner, _ = _owner(target)
+    if isinstance(value, nn.Parameter):
+        return (f"        {owner}.register_parameter({name!r}, nn.Parameter(torch.empty({tuple(value.shape)}, "
+                f"dtype={value.dtype}), requires_grad={value.requires_grad}))\n")
+    if not isinstance(value, torch.Tensor):
+        raise ConstructionError(
+            f"Attribute '{target}' ({type(value).__name__}) is read directly and is not a tensor; cannot write "
+            "standalone source for it."
+        )
+    persistent = name in holder._buffers and name not in holder._non_persistent_buffers_set
+    if persistent:
+        return f"        {owner}.register_buffer({name!r}, torch.empty({tuple(value.shape)}, dtype={value.dtype}))\n"
+    if value.numel() > _LITERAL_LIMIT:
+        raise ConstructionError(
+            f"Tensor '{target}' ({value.numel()} values) is not in the state_dict and too large to write as a literal."
+        )
+    literal = f"torch.tensor({value.detach().cpu().tolist()!r}, dtype={value.dtype})"
+    return f"        {owner}.register_buffer({name!r}, {literal}, persistent=False)\n"
+
+
+_LITERAL_LIMIT = 4096
+
+
 def generate_source(gm: torch.fx.GraphModule, class_name: str = "SubNet") -> str:
-    """Source of an nn.Module with the same submodule paths (so state_dict keys match) and forward."""
+    """Source of an nn.Module with the same submodule paths (so state_dict keys match) and forward.
+
+    Leaves are rebuilt from their constructor arguments (`otov3.subnet.leaves`) and converted to their dtype;
+    tensors read directly by the graph (get_attr nodes at any dotted path: positional embeddings, LayerScale,
+    class tokens, aten-level graphs) are created as empty parameters or buffers with their shape and dtype.
+
+    Raises:
+        ConstructionError: some part cannot be written as standalone source (the reason names it).
+    """
     lines = [_HEADER.format(cls=class_name)]
     leaves = {n.target for n in gm.graph.nodes if n.op == "call_module"}
     created: set[str] = set()
     for path in sorted(leaves):
-        parts = path.split(".")
-        for depth in range(1, len(parts)):
-            holder = ".".join(parts[:depth])
-            if holder not in created:
-                parent, name = ".".join(parts[: depth - 1]), parts[depth - 1]
-                owner = f"self.get_submodule({parent!r})" if parent else "self"
-                lines.append(f"        {owner}.add_module({name!r}, nn.Module())\n")
-                created.add(holder)
-        parent, name = ".".join(parts[:-1]), parts[-1]
-        owner = f"self.get_submodule({parent!r})" if parent else "self"
-        lines.append(f"        {owner}.add_module({name!r}, {constructor_source(path, gm.get_submodule(path))})\n")
-    for node in gm.graph.nodes:
-        if node.op == "get_attr":
-            raise ConstructionError(f"Attribute '{node.target}' is read directly; cannot write standalone source.")
+        lines += _holders(path, created)
+        owner, name = _owner(path)
+        module = gm.get_submodule(path)
+        text = constructor_source(path, module) + _dtype_suffix(path, module)
+        lines.append(f"        {owner}.add_module({name!r}, {text})\n")
+        created.add(path)
+    attributes = sorted({n.target for n in gm.graph.nodes if n.op == "get_attr"})
+    for target in attributes:
+        prefixes = [".".join(target.split(".")[:i]) for i in range(1, target.count(".") + 1)]
+        if any(p in leaves for p in prefixes):
+            continue  # a rebuilt leaf creates it, e.g. reading `self.linear.weight` next to calling `self.linear`
+        lines += _holders(target, created)
+        lines.append(_attribute_line(gm, target))
     python = gm.graph.python_code(root_module="self")
     code = python.src
     lines[0] = lines[0].replace("\n\nclass ", _global_imports(python.globals) + "\n\nclass ", 1)

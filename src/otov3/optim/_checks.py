@@ -1,0 +1,215 @@
+"""H2SPG's guards: hyper-parameters, the gradients before a step, and a state dict before it is loaded.
+
+Each check runs before anything changes, so a refused step or load leaves parameters, buffers and the run state
+exactly as they were (all or nothing), and each message names the first problem: which option, parameter or entry.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from otov3.errors import OptimizerError
+from otov3.optim._base import BUFFER_KEYS
+
+RUN_FIELDS = ("step", "scores", "redundant", "rejected", "zero", "forced", "gezigs")
+
+
+def require(ok: bool, name: str, value: Any, what: str) -> None:
+    if not ok:
+        raise ValueError(f"{name}={value!r} {what}")
+
+
+def _real(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_number(name: str, value: Any, low: float, high: float | None = None, *, low_open: bool = False,
+                 high_open: bool = False) -> None:
+    """A finite real number in the given interval, or ValueError naming it."""
+    if high is None:
+        what = f"must be {'>' if low_open else '>='} {low:g}"
+    else:
+        what = f"must lie in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    require(_real(value), name, value, f"{what} (a finite number)")
+    ok = value > low if low_open else value >= low
+    if high is not None:
+        ok = ok and (value < high if high_open else value <= high)
+    require(ok, name, value, what)
+
+
+def check_group_options(lr, momentum, dampening, weight_decay, betas, adam_eps, *, where: str) -> None:
+    """The per-param-group options, finite and in range."""
+    check_number(f"{where}lr", lr, 0, low_open=True)
+    check_number(f"{where}momentum", momentum, 0)
+    check_number(f"{where}dampening", dampening, 0, 1)
+    check_number(f"{where}weight_decay", weight_decay, 0)
+    ok = isinstance(betas, tuple | list) and len(betas) == 2 and all(_real(b) and 0 <= b < 1 for b in betas)
+    require(ok, f"{where}betas", betas, "must be two finite numbers in [0, 1)")
+    check_number(f"{where}adam_eps", adam_eps, 0)
+
+
+def whole_steps(name: str, value: Any, minimum: int, *, optional: bool = False) -> int | None:
+    """A step count: an int, or a float with an integral value (``10.0`` → 10); anything else is refused."""
+    if value is None and optional:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        kind = "None or " if optional else ""
+        raise ValueError(f"{name}={value!r} must be {kind}a whole number of steps (an int >= {minimum})")
+    require(value >= minimum, name, value, f"must be >= {minimum}")
+    return value
+
+
+def check_gradients(params: Sequence[Tensor], labels: Sequence[str], step: int) -> None:
+    """Raises `OptimizerError` naming the first parameter whose gradient holds NaN or Inf (one reduction per
+    device, before anything moves). `labels` describe the parameters (name, and GeZIG if any)."""
+    present = [i for i, p in enumerate(params) if p.grad is not None and not p.grad.is_sparse]
+    by_device: dict[torch.device, list[int]] = {}
+    for i in present:
+        by_device.setdefault(params[i].grad.device, []).append(i)
+    for positions in by_device.values():
+        peaks = torch._foreach_norm([params[i].grad for i in positions], math.inf)
+        finite = torch.isfinite(torch.stack([p.float() for p in peaks]))
+        if not bool(finite.all()):
+            i = positions[int((~finite).nonzero()[0, 0])]
+            raise OptimizerError(
+                f"non-finite gradient (NaN/Inf) in parameter {labels[i]} at step {step + 1}; H2SPG did not move any "
+                "parameter or buffer. Lower the learning rate, clip the gradients, or skip such steps (e.g. "
+                "torch.amp.GradScaler), then zero the gradients and continue."
+            )
+
+
+def _index_list(name: str, value: Any, n: int) -> list[int]:
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"state_dict['state']['h2spg'][{name!r}] must be a list of GeZIG indices, got {value!r}")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < n:
+            raise ValueError(
+                f"state_dict['state']['h2spg'][{name!r}] holds {v!r}; GeZIG indices must be ints in 0..{n - 1}"
+            )
+        out.append(v)
+    if len(set(out)) != len(out):
+        raise ValueError(f"state_dict['state']['h2spg'][{name!r}] repeats a GeZIG index: {out}")
+    return out
+
+
+def check_run(run: Any, opt: Any) -> None:
+    """The optimizer-level entry of a state dict: types, ranges, agreement with the weights and validity."""
+    where = "state_dict['state']['h2spg']"
+    if not isinstance(run, Mapping):
+        raise ValueError(f"{where} must be a dict, got {type(run).__name__}")
+    missing = [k for k in RUN_FIELDS if k not in run]
+    if missing:
+        raise ValueError(f"{where} lacks {missing}; it was not saved by this version of H2SPG")
+    gezigs = opt._gezigs
+    n, names = len(gezigs), [g.name for g in gezigs]
+    if not isinstance(run["gezigs"], list | tuple) or list(run["gezigs"]) != names:
+        raise ValueError(f"state_dict was saved for GeZIGs {run['gezigs']!r}, this optimizer has {names}")
+    step = run["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"{where}['step']={step!r} must be an int >= 0")
+    scores = run["scores"]
+    if not (isinstance(scores, Tensor) and scores.dtype == torch.float64 and tuple(scores.shape) == (n,)):
+        raise ValueError(f"{where}['scores'] must be a float64 tensor of shape ({n},), got {scores!r}")
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError(f"{where}['scores'] holds NaN/Inf: {scores.tolist()}")
+    redundant = None if run["redundant"] is None else _index_list("redundant", run["redundant"], n)
+    rejected, zero = _index_list("rejected", run["rejected"], n), _index_list("zero", run["zero"], n)
+    forced = _index_list("forced", run["forced"], n)
+    chosen = set(redundant or [])
+    if redundant is not None:
+        k = opt.defaults["k"]
+        if len(redundant) > k:
+            raise ValueError(f"{where}['redundant'] holds {len(redundant)} GeZIGs, more than K={k}")
+        if not opt._is_valid(frozenset(redundant)):
+            raise ValueError(
+                f"{where}['redundant'] = {[names[i] for i in redundant]} is not a valid removal (it would disconnect "
+                "the network); the state dict was edited or belongs to another model"
+            )
+    if chosen & set(rejected):
+        raise ValueError(f"{where}: GeZIGs {sorted(chosen & set(rejected))} are both redundant and rejected")
+    for name, values, within in (("zero", zero, chosen), ("forced", forced, set(zero))):
+        outside = [names[i] for i in values if i not in within]
+        if outside:
+            parent = "redundant" if name == "zero" else "zero"
+            raise ValueError(f"{where}[{name!r}] lists {outside}, which are not in {parent!r}")
+    for i in zero:
+        if not gezigs[i].is_zero():
+            raise ValueError(
+                f"{where}['zero'] lists GeZIG {names[i]!r}, but its weights are not zero (norm "
+                f"{gezigs[i].norm():.3g}); load the model's state_dict from the same checkpoint before the optimizer's"
+            )
+
+
+def check_param_states(state: Mapping[Any, Any], targets: Mapping[int, tuple[Tensor, str]]) -> None:
+    """Per-parameter entries: known ids, buffers shaped like their parameter and finite, valid step counts.
+
+    Args:
+        state: the saved ``state`` (parameter id -> dict, plus the ``'h2spg'`` entry).
+        targets: saved parameter id -> (this optimizer's parameter, its name).
+    """
+    for key, value in state.items():
+        if isinstance(key, str):
+            continue
+        try:
+            i = operator.index(key)
+        except TypeError:
+            raise ValueError(f"state_dict['state'] has key {key!r}; expected parameter ids and 'h2spg'") from None
+        if i not in targets:
+            raise ValueError(f"state_dict['state'][{i}] refers to no parameter of state_dict['param_groups']")
+        param, name = targets[i]
+        if not isinstance(value, Mapping):
+            raise ValueError(f"state_dict['state'][{i}] ({name!r}) must be a dict, got {type(value).__name__}")
+        for k in BUFFER_KEYS:
+            if k in value:
+                b = value[k]
+                if not isinstance(b, Tensor) or tuple(b.shape) != tuple(param.shape):
+                    got = tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__
+                    raise ValueError(
+                        f"state_dict['state'][{i}][{k!r}] of parameter {name!r} has shape {got}, the parameter "
+                        f"{tuple(param.shape)}"
+                    )
+                if b.is_floating_point() and not bool(torch.isfinite(b).all()):
+                    raise ValueError(f"state_dict['state'][{i}][{k!r}] of parameter {name!r} holds NaN/Inf")
+        if "step" in value:
+            s = value["step"]
+            s = s.item() if isinstance(s, Tensor) and s.numel() == 1 else s
+            if isinstance(s, bool) or not isinstance(s, int | float) or s < 0 or not float(s).is_integer():
+                raise ValueError(f"state_dict['state'][{i}]['step'] of parameter {name!r} is {s!r}; expected "
+                                 "an int >= 0")
+
+
+def check_state_dict(state_dict: Any, opt: Any) -> None:
+    """Everything `load_state_dict` would take over, checked before any of it is."""
+    if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= state_dict.keys():
+        raise ValueError(
+            "state_dict must be a dict with 'state' and 'param_groups' (what optimizer.state_dict() returns), "
+            f"got {type(state_dict).__name__}"
+        )
+    state, groups = state_dict["state"], state_dict["param_groups"]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"state_dict['state'] must be a dict, got {type(state).__name__}")
+    if "h2spg" not in state:
+        raise ValueError("state_dict has no 'h2spg' entry: it was not saved by H2SPG")
+    if not isinstance(groups, list | tuple) or len(groups) != len(opt.param_groups):
+        raise ValueError(f"state_dict['param_groups'] must list {len(opt.param_groups)} param group(s), got {groups!r}")
+    names = dict(zip(map(id, opt._flat_params), opt._param_names, strict=True))
+    targets: dict[int, tuple[Tensor, str]] = {}
+    for j, (saved, mine) in enumerate(zip(groups, opt.param_groups, strict=True)):
+        if not isinstance(saved, Mapping) or len(saved.get("params", ())) != len(mine["params"]):
+            raise ValueError(f"state_dict['param_groups'][{j}] does not match this optimizer's param group {j}")
+        targets.update((i, (p, names[id(p)])) for i, p in zip(saved["params"], mine["params"], strict=True))
+        merged = {**mine, **saved}
+        check_group_options(merged["lr"], merged["momentum"], merged["dampening"], merged["weight_decay"],
+                            tuple(merged["betas"]) if isinstance(merged["betas"], list) else merged["betas"],
+                            merged["adam_eps"], where=f"state_dict['param_groups'][{j}] ")
+    check_run(state["h2spg"], opt)
+    check_param_states(state, targets)
