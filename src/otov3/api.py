@@ -47,8 +47,17 @@ class OTO:
             ``DataParallel`` wrapper is looked through (its ``.module`` is used, the parameters are the same
             objects), so group names never carry the wrapper's ``module.`` prefix.
         dummy_input: a tensor, a tuple of positional inputs, or a dict of keyword inputs.
-        leaf_modules: module classes to treat as opaque ops (e.g. ones with data-dependent control flow).
+        leaf_modules: module classes to treat as opaque ops (e.g. ones with data-dependent control flow);
+            torch.fx capture only.
         strict_validity: use the strict validity check (no starved vertices, spec §3.3) by default.
+        capture: the capture backend. "fx" traces with torch.fx (module calls stay single ops); "export" uses
+            non-strict ``torch.export`` (aten ops; handles Python shape checks, a ``forward`` re-bound on the
+            instance, Hugging Face models; the sub-network computes the eval-mode graph); "auto" (default) tries
+            fx and falls back to export. ``oto.capture_backend`` says which one was used.
+
+    Raises:
+        CaptureError: the backend(s) could not capture the model; the message names each backend, the module
+            where it failed and what to try.
     """
 
     def __init__(
@@ -58,13 +67,19 @@ class OTO:
         *,
         leaf_modules: Sequence[type] = (),
         strict_validity: bool = True,
+        capture: str = "auto",
     ) -> None:
         if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
             model = model.module
         self.model = model
         self.dummy_input = dummy_input
         self.strict_validity = strict_validity
-        self.space: SearchSpace = build_search_space(model, dummy_input, leaf_modules=leaf_modules)
+        self.space: SearchSpace = build_search_space(model, dummy_input, leaf_modules=leaf_modules, capture=capture)
+
+    @property
+    def capture_backend(self) -> str:
+        """The backend that captured the model: "fx" (torch.fx) or "export" (non-strict torch.export)."""
+        return self.space.captured.backend
 
     # --- the search space ------------------------------------------------------------------------------
 
@@ -429,6 +444,11 @@ class OTO:
             f"complementary groups; {len(self.space.dependency.segments)} segments, "
             f"{len(trace.vertices)} traced ops."
         )
+        captured = self.space.captured
+        how = {"fx": "torch.fx", "export": "torch.export (non-strict, aten ops)"}.get(captured.backend,
+                                                                                    captured.backend)
+        why = f" ({captured.fallback_reason.splitlines()[0][:160]})" if captured.fallback_reason else ""
+        lines.append(f"Captured with {how}{why}.")
         return "\n".join(lines)
 
     def __repr__(self) -> str:

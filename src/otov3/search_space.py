@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from otov3.capture.fx_capture import Captured, DummyInput, capture
+from otov3.capture.backends import capture_model
+from otov3.capture.fx_capture import Captured, DummyInput
 from otov3.capture.trace_graph import build_trace_graph, canonical_param_names
 from otov3.errors import CaptureError, SearchSpaceError
 from otov3.graph.gezig import GroupSpec, partition
@@ -56,8 +57,13 @@ def _bind(model: nn.Module, trace: TraceGraph, spec: GroupSpec, name: str, param
     )
 
 
-def build_search_space(model: nn.Module, dummy_input: DummyInput, *, leaf_modules: Sequence[type] = ()) -> SearchSpace:
-    """Trace `model`, grow segments, and partition its trainable parameters into groups (spec §2-§3)."""
+def build_search_space(
+    model: nn.Module, dummy_input: DummyInput, *, leaf_modules: Sequence[type] = (), capture: str = "auto"
+) -> SearchSpace:
+    """Trace `model`, grow segments, and partition its trainable parameters into groups (spec §2-§3).
+
+    `capture` chooses the backend: "fx", "export" (non-strict torch.export), or "auto" (fx, then export).
+    """
     if not isinstance(model, nn.Module):
         raise CaptureError(f"model must be a torch.nn.Module, got {type(model).__name__!r}")
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -66,7 +72,7 @@ def build_search_space(model: nn.Module, dummy_input: DummyInput, *, leaf_module
             f"{type(model).__name__} has no trainable parameters, so there is nothing to search or train. "
             "Unfreeze the parameters (requires_grad=True) of the operations you want searched."
         )
-    captured = capture(model, dummy_input, leaf_modules=leaf_modules)
+    captured = capture_model(model, dummy_input, capture_backend=capture, leaf_modules=leaf_modules)
     trace = build_trace_graph(captured, model)
     dependency = build_dependency_graph(trace)
     specs = partition(trace, dependency)

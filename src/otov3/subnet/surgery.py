@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 import torch.fx
@@ -11,7 +12,7 @@ from otov3.capture.fx_capture import Captured
 from otov3.errors import ConstructionError
 from otov3.graph.types import JointRule, TraceGraph
 from otov3.subnet.plan import SubnetPlan
-from otov3.subnet.slicing import slice_input_channels, slice_output_channels
+from otov3.subnet.slicing import slice_input_channels, slice_node_channels, slice_output_channels
 
 
 def _zeros_like_recorded(graph: torch.fx.Graph, ref: torch.fx.Node | None, ref_batch: int | None,
@@ -51,7 +52,9 @@ def _drop_inputs(node: torch.fx.Node, drop: set[str], rule: JointRule) -> None:
 
 def apply_plan(captured: Captured, trace: TraceGraph, plan: SubnetPlan) -> torch.fx.GraphModule:
     """A new GraphModule with zero vertices removed, joints bypassed and dependent channels cut."""
-    gm = copy.deepcopy(captured.gm)
+    with warnings.catch_warnings():  # torch deprecates copying export's LeafSpec input/output specs; harmless
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        gm = copy.deepcopy(captured.gm)
     graph = gm.graph
     nodes = {n.name: n for n in graph.nodes}
     values = captured.values
@@ -72,9 +75,13 @@ def apply_plan(captured: Captured, trace: TraceGraph, plan: SubnetPlan) -> torch
         _drop_inputs(nodes[name], set(zero_inputs), trace.vertices[name].traits.joint)
 
     sliced: dict[int, tuple[str, tuple[int, ...]]] = {}
+    sliced_tensors: dict[str, tuple[int, tuple[int, ...]]] = {}
 
     def cut(name: str, keep: tuple[int, ...], how: str) -> None:
         node = nodes[name]
+        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+            slice_node_channels(gm, node, keep, how, sliced_tensors)  # aten op: get_attr tensors (export)
+            return
         if node.op != "call_module":
             return
         module = gm.get_submodule(node.target)
@@ -100,8 +107,24 @@ def apply_plan(captured: Captured, trace: TraceGraph, plan: SubnetPlan) -> torch
             node.type = None
     graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
+    if captured.backend == "export":
+        _delete_unused_tensors(gm)
     graph.lint()
     gm.recompile()
     return gm
 
 
+def _delete_unused_tensors(gm: torch.fx.GraphModule) -> None:
+    """Drop parameters and buffers no `get_attr` reads any more (export graphs hold them outside modules)."""
+    used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    called = [n.target for n in gm.graph.nodes if n.op == "call_module"]
+    named = [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]
+    for name, _ in named:
+        if name in used or any(name.startswith(f"{m}.") for m in called):
+            continue
+        owner_path, _, attr = name.rpartition(".")
+        owner = gm.get_submodule(owner_path) if owner_path else gm
+        if attr in owner._parameters:
+            del owner._parameters[attr]
+        elif attr in owner._buffers:
+            del owner._buffers[attr]
