@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import warnings
+
 import torch.fx
 from torch import nn
 
@@ -112,6 +115,45 @@ def _attribute_line(gm: torch.fx.GraphModule, target: str) -> str:
 _LITERAL_LIMIT = 4096
 
 
+_PYTREE_IMPORTS = (
+    "\nimport torch.fx._pytree as fx_pytree  # noqa: E402\nimport torch.utils._pytree as pytree  # noqa: E402"
+)
+
+
+def _without_guards(gm: torch.fx.GraphModule) -> torch.fx.Graph:
+    """The graph without torch.export's shape-guard calls (``_guards_fn``: checks only, no result)."""
+    guards = [n for n in gm.graph.nodes if n.op == "call_module" and not n.users
+              and type(gm.get_submodule(n.target)).__name__ == "GuardsFn"]
+    if not guards:
+        return gm.graph
+    graph = copy.deepcopy(gm.graph)
+    for node in [n for n in graph.nodes if n.op == "call_module" and n.target in {g.target for g in guards}]:
+        graph.erase_node(node)
+    return graph
+
+
+def _pytree_specs(graph: torch.fx.Graph) -> list[str]:
+    """Lines restoring ``self._in_spec``/``self._out_spec`` of a graph generated with pytree flattening."""
+    info = getattr(graph._codegen, "pytree_info", None)
+    if info is None:
+        return []
+    from torch.utils import _pytree as pytree
+
+    lines = []
+    for name in ("in_spec", "out_spec"):
+        spec = getattr(info, name)
+        if spec is None:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's own deprecation notes about LeafSpec
+                text = pytree.treespec_dumps(spec)
+        except Exception as err:  # custom pytree nodes without serialization
+            raise ConstructionError(f"The graph's {name} ({spec}) cannot be written as source: {err}") from err
+        lines.append(f"        self._{name} = pytree.treespec_loads({text!r})\n")
+    return lines
+
+
 def generate_source(gm: torch.fx.GraphModule, class_name: str = "SubNet") -> str:
     """Source of an nn.Module with the same submodule paths (so state_dict keys match) and forward.
 
@@ -123,7 +165,8 @@ def generate_source(gm: torch.fx.GraphModule, class_name: str = "SubNet") -> str
         ConstructionError: some part cannot be written as standalone source (the reason names it).
     """
     lines = [_HEADER.format(cls=class_name)]
-    leaves = {n.target for n in gm.graph.nodes if n.op == "call_module"}
+    graph = _without_guards(gm)
+    leaves = {n.target for n in graph.nodes if n.op == "call_module"}
     created: set[str] = set()
     for path in sorted(leaves):
         lines += _holders(path, created)
@@ -132,16 +175,21 @@ def generate_source(gm: torch.fx.GraphModule, class_name: str = "SubNet") -> str
         text = constructor_source(path, module) + _dtype_suffix(path, module)
         lines.append(f"        {owner}.add_module({name!r}, {text})\n")
         created.add(path)
-    attributes = sorted({n.target for n in gm.graph.nodes if n.op == "get_attr"})
+    attributes = sorted({n.target for n in graph.nodes if n.op == "get_attr"})
     for target in attributes:
         prefixes = [".".join(target.split(".")[:i]) for i in range(1, target.count(".") + 1)]
         if any(p in leaves for p in prefixes):
             continue  # a rebuilt leaf creates it, e.g. reading `self.linear.weight` next to calling `self.linear`
         lines += _holders(target, created)
         lines.append(_attribute_line(gm, target))
-    python = gm.graph.python_code(root_module="self")
+    python = graph.python_code(root_module="self")
     code = python.src
-    lines[0] = lines[0].replace("\n\nclass ", _global_imports(python.globals) + "\n\nclass ", 1)
+    imports = _global_imports(python.globals)
+    specs = _pytree_specs(graph)
+    if specs:  # torch.export graphs flatten their inputs and outputs with pytree specs
+        imports += _PYTREE_IMPORTS
+        lines += specs
+    lines[0] = lines[0].replace("\n\nclass ", imports + "\n\nclass ", 1)
     lines.append("\n".join("    " + line if line.strip() else "" for line in code.strip("\n").splitlines()))
     return "".join(lines) + "\n"
 
