@@ -10,6 +10,7 @@ projections of one gated MLP) merge into one GeZIG, as do segments that share we
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -101,15 +102,24 @@ def _seed_zero(trace: TraceGraph, seg: Segment, claimed: set[str]) -> tuple[str 
     return None, list(seg.vertices[last:]), resets
 
 
-def _propagate(trace: TraceGraph, zero: set[str], skip: set[str], live: set[str], resets: list[str]) -> None:
-    """Grow `zero` forward (topological order): zero-preserving ops fed only zeros, products with a zero operand.
+def _propagate(
+    trace: TraceGraph, order: dict[str, int], zero: set[str], skip: set[str], live: set[str], resets: list[str]
+) -> None:
+    """Grow `zero` forward in topological order: zero-preserving ops fed only zeros, products with a zero operand.
 
-    Erasable joints are never crossed: they are where a removal structure ends (a joint losing every input is
-    a starved vertex, which the validity check of spec §3.3 handles).
+    Only successors of zero vertices are visited, so the cost follows the structure, not the model. Erasable
+    joints are never crossed: they are where a removal structure ends (a joint losing every input is a starved
+    vertex, which the validity check of spec §3.3 handles).
     """
-    for name, v in trace.vertices.items():
-        if name in zero or name in skip or name not in live or not v.inputs:
+    heap = [(order[w], w) for v in zero for w in trace.successors(v) if w in order]
+    heapq.heapify(heap)
+    seen: set[str] = set()
+    while heap:
+        _, name = heapq.heappop(heap)
+        if name in seen or name in zero or name in skip or name not in live:
             continue
+        seen.add(name)
+        v = trace.vertices[name]
         if any(i in zero for i in v.absorbing):
             zero.add(name)
         elif v.traits.joint is None and all(i in zero for i in v.inputs):
@@ -118,20 +128,33 @@ def _propagate(trace: TraceGraph, zero: set[str], skip: set[str], live: set[str]
             elif v.traits.resettable:
                 zero.add(name)
                 resets.append(name)
+        if name in zero:
+            for w in trace.successors(name):
+                if w in order:
+                    heapq.heappush(heap, (order[w], w))
 
 
-def _dead(trace: TraceGraph, zero: set[str], live: set[str]) -> set[str]:
+def _dead(trace: TraceGraph, order: dict[str, int], zero: set[str], live: set[str]) -> set[str]:
     """Live vertices whose every consumer is zero or dead: a gate's producers, a norm in front of the structure.
 
-    Erasable joints are never taken: upstream of a joint lie other removal structures (DARTS edges into a node).
+    Visited backwards from the zero vertices in reverse topological order. Erasable joints are never taken:
+    upstream of a joint lie other removal structures (DARTS edges into a node).
     """
     dead: set[str] = set()
-    for name in reversed(list(trace.vertices)):
-        if name in zero or name not in live or trace.vertices[name].traits.joint is not None:
+    heap = [(-order[p], p) for v in zero for p in trace.predecessors(v) if p in order]
+    heapq.heapify(heap)
+    seen: set[str] = set()
+    while heap:
+        _, name = heapq.heappop(heap)
+        if name in seen or name in zero or name not in live or trace.vertices[name].traits.joint is not None:
             continue
+        seen.add(name)
         consumers = [w for w in trace.successors(name) if w == OUT or w in live]
         if consumers and all(w in zero or w in dead for w in consumers):
             dead.add(name)
+            for p in trace.predecessors(name):
+                if p in order:
+                    heapq.heappush(heap, (-order[p], p))
     return dead
 
 
@@ -171,13 +194,14 @@ def _aux_slices(trace: TraceGraph, cat: str, dropped: set[str]) -> list[tuple[st
     return aux
 
 
-def _grow(trace: TraceGraph, dep: DependencyGraph, seg: Segment, live: set[str], claimed: set[str]) -> _Structure:
+def _grow(trace: TraceGraph, dep: DependencyGraph, seg: Segment, live: set[str], claimed: set[str],
+          order: dict[str, int]) -> _Structure:
     reason, zero_chain, resets = _seed_zero(trace, seg, claimed)
     if reason:
         return _Structure(False, reason)
     zero = set(zero_chain)
-    _propagate(trace, zero, set(seg.vertices), live, resets)
-    removed = zero | _dead(trace, zero, live) | set(seg.vertices)
+    _propagate(trace, order, zero, set(seg.vertices), live, resets)
+    removed = zero | _dead(trace, order, zero | set(seg.vertices), live) | set(seg.vertices)
     if any(OUT in trace.successors(v) for v in removed):
         return _Structure(False, "feeds the model output")
     boundary: dict[str, set[str]] = defaultdict(set)
@@ -237,11 +261,12 @@ def _structures(trace: TraceGraph, dep: DependencyGraph, parametric: list[Segmen
     """Every seed's structure; a second pass withholds norm slices that other structures claim as auxiliary
     members (a DenseNet layer's leading BN over earlier layers' channels), so no group relies on them."""
     live = _live_vertices(trace)
-    first = {s.id: _grow(trace, dep, s, live, set()) for s in parametric}
+    order = {v: i for i, v in enumerate(trace.vertices)}
+    first = {s.id: _grow(trace, dep, s, live, set(), order) for s in parametric}
     claimed = {p for st in first.values() if st.ok for p, _, _ in st.aux}
     if not claimed:
         return first
-    return {s.id: _grow(trace, dep, s, live, claimed) for s in parametric}
+    return {s.id: _grow(trace, dep, s, live, claimed, order) for s in parametric}
 
 
 def partition(trace: TraceGraph, dep: DependencyGraph) -> tuple[GroupSpec, ...]:
