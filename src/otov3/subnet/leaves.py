@@ -77,9 +77,16 @@ def constructor_source(path: str, module: nn.Module) -> str:
             f"Module '{path}' ({cls.__name__}) cannot be rebuilt from its arguments: {err}"
         ) from err
     arguments = []
-    for param in inspect.signature(cls.__init__).parameters.values():
+    signature, inherited = _constructor_signature(cls)
+    for param in signature.parameters.values():
         if param.name in _SKIPPED_ARGUMENTS or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
+        if inherited and param.name == "mode":
+            continue  # nn.LSTM/GRU/RNN pass their own mode to RNNBase
+        if param.default is not param.empty and hasattr(module, param.name) and param.name not in derived:
+            value = _argument(module, param)
+            if type(value) is type(param.default) and value == param.default:
+                continue  # defaults stay implicit (GRU refuses an explicit proj_size=0)
         if param.name in derived:
             arguments.append(f"{param.name}={derived[param.name]!r}")
         elif hasattr(module, param.name):
@@ -87,7 +94,10 @@ def constructor_source(path: str, module: nn.Module) -> str:
         elif param.default is param.empty:
             raise ConstructionError(f"Module '{path}' ({cls.__name__}) does not store its argument '{param.name}'.")
     text = f"nn.{cls.__name__}({', '.join(arguments)})"
-    rebuilt = eval(text, {"nn": nn, "torch": torch, "inf": math.inf, "nan": math.nan})  # noqa: S307 (our own text)
+    try:
+        rebuilt = eval(text, {"nn": nn, "torch": torch, "inf": math.inf, "nan": math.nan})  # noqa: S307 (our text)
+    except Exception as err:
+        raise ConstructionError(f"Module '{path}' ({cls.__name__}) cannot be rebuilt from {text}: {err}") from err
     if not _same_layout(rebuilt, module):
         has_children = any(True for _ in module.children())
         why = "its children differ when rebuilt" if has_children else "the rebuilt layer differs"
@@ -95,6 +105,20 @@ def constructor_source(path: str, module: nn.Module) -> str:
             f"Module '{path}' ({cls.__name__}) cannot be rebuilt from its arguments ({why}): {text}"
         )
     return text
+
+
+def _constructor_signature(cls: type) -> tuple[inspect.Signature, bool]:
+    """The first `__init__` along the MRO with named parameters (nn.LSTM's is `*args, **kwargs`: RNNBase's)."""
+    for base in cls.__mro__:
+        init = base.__dict__.get("__init__")
+        if init is None:
+            continue
+        signature = inspect.signature(init)
+        named = [p for p in signature.parameters.values() if p.name != "self"
+                 and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if named:
+            return signature, base is not cls
+    return inspect.signature(cls.__init__), False
 
 
 def _same_layout(rebuilt: nn.Module, module: nn.Module) -> bool:
