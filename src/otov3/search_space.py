@@ -29,9 +29,19 @@ class SearchSpace:
     complementary: tuple[Group, ...]
 
 
+def _owner_names(trace: TraceGraph, v: str) -> list[str]:
+    """The module path of a vertex, or for a function reading parameters (F.layer_norm, `gamma * x`) their
+    owners' paths (`blocks.0.norm`, `blocks.0.layer_scale`), or the vertex name."""
+    vert = trace.vertices[v]
+    if vert.module:
+        return [vert.module]
+    owners = [p.removesuffix(".weight").removesuffix(".bias") for p in vert.params]
+    return list(dict.fromkeys(owners)) or [v]
+
+
 def _group_name(trace: TraceGraph, spec: GroupSpec) -> str:
-    parts = [trace.vertices[v].module or v for v in spec.vertices if trace.vertices[v].params]
-    parts = parts or [trace.vertices[v].module or v for v in spec.vertices]
+    parts = [n for v in spec.vertices if trace.vertices[v].params for n in _owner_names(trace, v)]
+    parts = parts or [n for v in spec.vertices for n in _owner_names(trace, v)]
     return "+".join(dict.fromkeys(parts))
 
 

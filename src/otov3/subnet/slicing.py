@@ -35,10 +35,14 @@ def slice_output_channels(module: nn.Module, keep: Sequence[int]) -> None:
             _set_param(module, name, _take(getattr(module, name, None), index, 0))
         module.num_features = len(keep)
         return
-    if isinstance(module, nn.GroupNorm) and module.num_groups == module.num_channels:
+    if isinstance(module, nn.GroupNorm):
+        block = module.num_channels // module.num_groups
+        if len(keep) % block or any(keep[i] % block or keep[i + block - 1] != keep[i] + block - 1
+                                    for i in range(0, len(keep), block)):
+            raise ConstructionError(f"GroupNorm keeps channels {list(keep)}, which are not whole groups of {block}")
         for name in ("weight", "bias"):
             _set_param(module, name, _take(getattr(module, name, None), index, 0))
-        module.num_groups = module.num_channels = len(keep)
+        module.num_channels, module.num_groups = len(keep), len(keep) // block
         return
     if not any(True for _ in module.parameters(recurse=False)) and not any(True for _ in module.buffers(False)):
         return  # element-wise, pooling, resizing: nothing to cut

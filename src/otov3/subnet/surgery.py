@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import operator
 import warnings
 
 import torch
@@ -26,6 +27,25 @@ def _zeros_like_recorded(graph: torch.fx.Graph, ref: torch.fx.Node | None, ref_b
         if ref is not None:
             return graph.call_method("new_zeros", (ref, shape), {"dtype": value.dtype})
         return graph.call_function(torch.zeros, (shape,), {"dtype": value.dtype})
+
+
+def _live_cat_sibling(node: torch.fx.Node, zero_names: set[str], trace: TraceGraph) -> torch.fx.Node | None:
+    """A kept operand of a channel concat that is fed a zero block, to take every other dimension from."""
+    vert = trace.vertices.get(node.name)
+    if vert is None or vert.traits.joint is not JointRule.CAT:
+        return None
+    return next((i for i in node.all_input_nodes if i.name not in zero_names and i.name in trace.vertices), None)
+
+
+def _zeros_beside(graph: torch.fx.Graph, sibling: torch.fx.Node, value: torch.Tensor,
+                  before: torch.fx.Node) -> torch.fx.Node:
+    """Zeros with the recorded channel count and the sibling's other sizes, so any resolution and batch work."""
+    with graph.inserting_before(before):
+        size = graph.call_method("size", (sibling,))
+        batch = graph.call_function(operator.getitem, (size, 0))
+        rest = graph.call_function(operator.getitem, (size, slice(2, None)))
+        shape = graph.call_function(operator.add, ((batch, int(value.shape[1])), rest))
+        return graph.call_method("new_zeros", (sibling, shape), {"dtype": value.dtype})
 
 
 def _operands(node: torch.fx.Node) -> list[torch.fx.Node]:
@@ -63,9 +83,12 @@ def apply_plan(captured: Captured, trace: TraceGraph, plan: SubnetPlan) -> torch
     ref_batch = values[ref.name].shape[0] if ref is not None and values[ref.name].dim() > 0 else None
 
     def fill(node: torch.fx.Node, zero_names: set[str]) -> None:
+        cat_sibling = _live_cat_sibling(node, zero_names, trace)
         for z in list(node.all_input_nodes):
             if z.name in zero_names:
-                node.replace_input_with(z, _zeros_like_recorded(graph, ref, ref_batch, values[z.name], node))
+                zeros = (_zeros_beside(graph, cat_sibling, values[z.name], node) if cat_sibling is not None
+                         else _zeros_like_recorded(graph, ref, ref_batch, values[z.name], node))
+                node.replace_input_with(z, zeros)
 
     for name, zero_inputs in plan.zero_fill.items():
         fill(nodes[name], set(zero_inputs))
@@ -85,6 +108,8 @@ def apply_plan(captured: Captured, trace: TraceGraph, plan: SubnetPlan) -> torch
         if node.op != "call_module":
             return
         module = gm.get_submodule(node.target)
+        if not any(True for _ in module.parameters()) and not any(True for _ in module.buffers()):
+            return  # element-wise, pooling: nothing to cut, so one instance may serve calls of any width
         previous = sliced.get(id(module))
         if previous is not None:
             if previous != (how, keep):
