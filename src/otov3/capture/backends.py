@@ -18,11 +18,10 @@ from otov3.errors import CaptureError
 
 BACKENDS = ("auto", "fx", "export")
 
-_WHAT_TO_TRY = (
-    "What to try: capture='export' (torch.export records aten ops and handles Python shape checks), "
-    "leaf_modules=[...] (fx only: treat the failing module class as one opaque op), or declare an op otov3 "
-    "does not know with otov3.register_op."
-)
+_TRY_EXPORT = "What to try: capture='export' (torch.export records aten ops and runs Python shape checks)."
+_TRY_FX = ("What to try: capture='fx' with leaf_modules=[<the failing module class>] (fx keeps it as one opaque "
+           "op), or rewrite the data-dependent Python control flow with tensor ops (torch.where).")
+_TRY_OP = "An op otov3 does not know can be declared with otov3.register_op."
 
 
 def _export(model: nn.Module, dummy_input: DummyInput) -> Captured:
@@ -52,12 +51,12 @@ def capture_model(
         try:
             return capture(model, dummy_input, leaf_modules=leaf_modules)
         except CaptureError as err:
-            raise CaptureError(f"torch.fx capture failed: {err} {_WHAT_TO_TRY}") from err
+            raise CaptureError(f"torch.fx capture failed: {err} {_TRY_EXPORT} {_TRY_OP}") from err
     if capture_backend == "export":
         try:
             return _export(model, dummy_input)
         except CaptureError as err:
-            raise CaptureError(f"{err} {_WHAT_TO_TRY}") from err
+            raise CaptureError(f"{err} {_TRY_FX} {_TRY_OP}") from err
     try:
         return capture(model, dummy_input, leaf_modules=leaf_modules)
     except CaptureError as fx_err:
@@ -66,6 +65,6 @@ def capture_model(
         except CaptureError as export_err:
             raise CaptureError(
                 f"Neither capture backend could capture {type(model).__name__}.\n"
-                f"  torch.fx: {fx_err}\n  torch.export: {export_err}\n{_WHAT_TO_TRY}"
+                f"  torch.fx: {fx_err}\n  {export_err}\n{_TRY_FX} {_TRY_OP}"
             ) from export_err
         return dataclasses.replace(captured, fallback_reason=f"torch.fx could not trace the model: {fx_err}")

@@ -14,7 +14,10 @@ every input dimension left dynamic where torch.export allows it (so the sub-netw
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
+import logging
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -81,10 +84,29 @@ def _first_lines(err: BaseException, limit: int = 6) -> str:
     return text if len(text) <= 800 else text[:800] + " ..."
 
 
+@contextlib.contextmanager
+def _quiet_torch_logs() -> Iterator[None]:
+    """torch.export prints partial graphs and logs when an attempt fails; the error otov3 raises says what matters."""
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL)
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+_NOISY_LOGGERS = ("torch.fx.experimental.symbolic_shapes", "torch._export", "torch.export", "torch._dynamo",
+                  "torch._export.non_strict_utils")
+
+
 def _export(model: nn.Module, args: tuple, kwargs: dict) -> torch.export.ExportedProgram:
     """Non-strict export with dynamic input dimensions; a static export when export cannot keep them dynamic."""
     dynamic = _dynamic_shapes(model, args, kwargs)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_torch_logs():
         warnings.simplefilter("ignore")  # export warns about deprecated paths inside libraries, not about the model
         if dynamic is not None:
             try:
