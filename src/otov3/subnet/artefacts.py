@@ -91,12 +91,14 @@ def commit(tmp: Path, out_dir: Path) -> None:
         for f in sorted(p for p in tmp.iterdir() if p != backup):
             os.replace(f, out_dir / f.name)
             new.append(f.name)
-    except OSError as err:
-        for name in new:  # roll back: the new files out, the old ones in
+    except BaseException as err:  # an interrupt too: roll back, the new files out and the old ones in
+        for name in new:
             _try_replace(out_dir / name, tmp / name)
         for name in old:
             _try_replace(backup / name, out_dir / name)
-        raise ExportError(f"Cannot move the sub-network's files into '{out_dir}': {err}", path=out_dir) from err
+        if isinstance(err, OSError):
+            raise ExportError(f"Cannot move the sub-network's files into '{out_dir}': {err}", path=out_dir) from err
+        raise
 
 
 def _try_replace(src: Path, dst: Path) -> None:
