@@ -278,7 +278,7 @@ class H2SPG(StepEngine, Optimizer):
         names = {}
         for j, group in enumerate(self.param_groups):
             for k, p in enumerate(group["params"]):
-                names[id(p)] = f"param_groups[{j}]['params'][{k}] {tuple(p.shape)}"
+                names[id(p)] = f"param_groups[{j}].params[{k}] {tuple(p.shape)}"
         for i, pos in enumerate(self._layout.slice_pos):
             names[id(self._flat_params[pos])] = self._layout.slice_name[i]
         return [names[id(p)] for p in self._flat_params]
