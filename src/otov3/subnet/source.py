@@ -154,6 +154,22 @@ def _pytree_specs(graph: torch.fx.Graph) -> list[str]:
     return lines
 
 
+def _pytree_type_imports(graph: torch.fx.Graph) -> str:
+    """Imports of the modules defining the spec's container types (a Hugging Face `ModelOutput` class registers
+    itself with torch's pytree when its module is imported; `treespec_loads` needs that in a fresh process)."""
+    info = getattr(graph._codegen, "pytree_info", None)
+    modules: set[str] = set()
+    stack = [s for s in (getattr(info, "in_spec", None), getattr(info, "out_spec", None)) if s is not None]
+    while stack:
+        spec = stack.pop()
+        module = getattr(spec.type, "__module__", None)
+        if module and module.split(".")[0] not in ("builtins", "torch", "collections", "typing"):
+            modules.add(module)
+        stack.extend(spec.child(i) for i in range(spec.num_children))
+    return "".join(f"\nimport {m}  # noqa: E402, F401  (registers its output types with pytree)"
+                   for m in sorted(modules))
+
+
 def generate_source(gm: torch.fx.GraphModule, class_name: str = "SubNet") -> str:
     """Source of an nn.Module with the same submodule paths (so state_dict keys match) and forward.
 
@@ -187,7 +203,7 @@ def generate_source(gm: torch.fx.GraphModule, class_name: str = "SubNet") -> str
     imports = _global_imports(python.globals)
     specs = _pytree_specs(graph)
     if specs:  # torch.export graphs flatten their inputs and outputs with pytree specs
-        imports += _PYTREE_IMPORTS
+        imports += _PYTREE_IMPORTS + _pytree_type_imports(graph)
         lines += specs
     lines[0] = lines[0].replace("\n\nclass ", imports + "\n\nclass ", 1)
     lines.append("\n".join("    " + line if line.strip() else "" for line in code.strip("\n").splitlines()))
