@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from otov3.errors import OTOError
@@ -27,8 +28,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except OTOError as err:
-        print(f"otov3: error: {err}", file=sys.stderr)
+        print(f"otov3: error: {_one_line(str(err))}", file=sys.stderr)
         return 2
+
+
+# Notes torch appends to errors raised inside fx/export (node dumps, tracebacks, logging hints): noise on a CLI.
+_NOISE = re.compile(
+    r"While executing %.*?Use tlparse to see full graph\. \(\S+\)"
+    r"|For more information, run with TORCH_LOGS=\S+"
+    r"|For extended logs when we create symbols, also add \S+"
+    r"|If you suspect the guard was triggered from C\+\+, add \S+"
+    r"|Caused by: \([^)]*\)"
+)
+
+
+def _one_line(message: str) -> str:
+    """Tracer and exporter messages span many lines; the CLI reports one, without torch's debugging notes."""
+    return " ".join(_NOISE.sub(" ", " ".join(message.split())).split())
 
 
 if __name__ == "__main__":

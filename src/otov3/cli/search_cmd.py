@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
-import sys
 from pathlib import Path
 
 import torch
 
 from otov3 import OTO
+from otov3.cli.user_model import DTYPES, build_model, dummy_input, first_line, import_class, parse_kwargs, parse_shape
 from otov3.errors import OTOError
 
 
@@ -18,29 +16,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "search",
         help="build and print the search space of any model class",
-        description="Import MODULE:CLASS from the Python path, build it with no arguments, trace it on a random "
-        "input of --input-shape, and print every GeZIG and every kept segment with its reason.",
+        description="Import MODULE:CLASS from the Python path, build it (with --kwargs), trace it on a random "
+        "input of --input-shape and --input-dtype, and print every GeZIG and every kept segment with its reason.",
     )
     p.add_argument("target", help="model class as MODULE:CLASS, e.g. otov3.zoo.demo_supnet:DemoSupNet")
     p.add_argument("--input-shape", help="dummy input shape, e.g. 1,3,32,32 (zoo models know their own)")
+    p.add_argument("--input-dtype", help=f"dummy input dtype (default float32): {', '.join(DTYPES)}")
+    p.add_argument("--input-range", metavar="LOW,HIGH",
+                   help="values of the dummy input: integers in [LOW, HIGH) for integer dtypes (token ids: "
+                   "0,VOCAB; required there), uniform in [LOW, HIGH) for floats (default: normal)")
+    p.add_argument("--kwargs", metavar="JSON", help="constructor arguments as a JSON object, e.g. '{\"width\": 0.5}'")
     p.add_argument("--out", type=Path, help="write graph pictures (DOT, SVG) and summary.txt here")
     p.set_defaults(run=run)
-
-
-def _import_class(target: str):
-    if ":" not in target:
-        raise OTOError(f"expected MODULE:CLASS, got {target!r} (e.g. otov3.zoo.demo_supnet:DemoSupNet)")
-    module_name, _, attr = target.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise OTOError(f"cannot import module {module_name!r}: {err}") from err
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise OTOError(f"module {module_name!r} has no attribute {attr!r}") from None
 
 
 def _zoo_input_shape(model: torch.nn.Module) -> tuple[int, ...] | None:
@@ -58,33 +45,27 @@ def _zoo_input_shape(model: torch.nn.Module) -> tuple[int, ...] | None:
     return None
 
 
-def _parse_shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(t) for t in text.replace("x", ",").split(",") if t.strip())
-    except ValueError:
-        raise OTOError(f"--input-shape must be comma-separated integers, got {text!r}") from None
-    if not shape or any(d <= 0 for d in shape):
-        raise OTOError(f"--input-shape must be positive integers, got {text!r}")
-    return shape
-
-
 def run(args: argparse.Namespace) -> int:
-    factory = _import_class(args.target)
-    try:
-        model = factory()
-    except TypeError as err:
-        raise OTOError(f"{args.target} cannot be built without arguments: {err}") from err
-    if not isinstance(model, torch.nn.Module):
-        raise OTOError(f"{args.target}() returned {type(model).__name__}, not a torch.nn.Module")
-    shape = _parse_shape(args.input_shape) if args.input_shape else _zoo_input_shape(model)
+    kwargs = parse_kwargs(args.kwargs)
+    model = build_model(import_class(args.target), args.target, kwargs)
+    shape = parse_shape(args.input_shape) if args.input_shape else _zoo_input_shape(model)
     if shape is None:
         raise OTOError(f"{args.target} is not a zoo model: give --input-shape, e.g. --input-shape 1,3,32,32")
-    oto = OTO(model, torch.randn(*shape))
+    dummy = dummy_input(shape, args.input_dtype, args.input_range)
+    try:
+        oto = OTO(model, dummy)
+    except OTOError:
+        raise
+    except Exception as err:  # a user model can fail in ways no capture backend anticipates
+        raise OTOError(f"building the search space of {args.target} failed: {first_line(err)}") from err
     text = oto.summary()
     print(text)
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "summary.txt").write_text(text + "\n")
-        files = oto.visualize(args.out)
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "summary.txt").write_text(text + "\n")
+            files = oto.visualize(args.out)
+        except OSError as err:
+            raise OTOError(f"cannot write into --out {str(args.out)!r}: {first_line(err)}") from err
         print("\nwrote " + ", ".join(str(f) for f in files))
     return 0
