@@ -53,9 +53,10 @@ def _check_parameters(oto: OTO, when: str) -> None:
             if current is not s.param:
                 raise DriftError(
                     f"Before {when}: parameter '{s.name}' of group '{group.name}' was replaced by a new tensor after "
-                    "OTO(...) traced the model, so the search space and the optimizer would act on the old one. "
-                    "Copy new values in place (with torch.no_grad(): param.copy_(value)) instead of assigning a new "
-                    f"nn.Parameter, or create OTO after the replacement. {_ADVICE}"
+                    "OTO(...) traced the model (a newly assigned nn.Parameter, or .to() a device whose tensors "
+                    "cannot take over the old ones), so the search space and the optimizer would act on the old one. "
+                    "Copy new values in place (with torch.no_grad(): param.copy_(value)) instead. "
+                    f"{_ADVICE}"
                 )
 
 
