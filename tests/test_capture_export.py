@@ -698,3 +698,14 @@ def test_an_aten_op_missing_from_the_table_is_unknown_with_a_reason_that_names_i
     unknown = [v for v in oto.space.trace.vertices.values() if v.traits.kind is VertexKind.UNKNOWN]
     assert len(unknown) == 1
     assert "special_bessel_j0" in unknown[0].traits.reason and "otov3.register_op" in unknown[0].traits.reason
+
+
+def test_a_batch_one_dummy_still_gives_a_subnetwork_for_other_batch_sizes():
+    torch.manual_seed(0)
+    model = randomize_(Rearranged().eval())  # reshapes with sizes read from the input: static sizes would stick
+    oto = _oto(model, _x(batch=1), capture="export")
+    zero_groups_(oto.groups[:1])
+    subnet = oto.construct_subnet()
+    for x in (_x(batch=1), _x(batch=3), _x(batch=2, size=10)):
+        with torch.no_grad():
+            assert torch.allclose(model(x), subnet(x), atol=1e-6)

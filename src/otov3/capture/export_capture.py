@@ -103,26 +103,42 @@ _NOISY_LOGGERS = ("torch.fx.experimental.symbolic_shapes", "torch._export", "tor
                   "torch._export.non_strict_utils")
 
 
-def _export(model: nn.Module, args: tuple, kwargs: dict) -> torch.export.ExportedProgram:
-    """Non-strict export with dynamic input dimensions; a static export when export cannot keep them dynamic."""
+def _has_unit_dimension(args: tuple, kwargs: dict) -> bool:
+    return any(isinstance(t, torch.Tensor) and 1 in t.shape for t in pytree.tree_leaves((args, kwargs)))
+
+
+def _attempts(model: nn.Module, args: tuple, kwargs: dict) -> Iterator[tuple[str, Any, bool]]:
+    """(label, dynamic_shapes, size-oblivious) in the order tried: the most general graph first.
+
+    torch.export specializes dimensions of size 1 (a batch-1 dummy would give a batch-1 sub-network); the
+    size-oblivious attempt keeps them dynamic. Each attempt's graph is checked against the model's own output.
+    """
     dynamic = _dynamic_shapes(model, args, kwargs)
-    with warnings.catch_warnings(), _quiet_torch_logs():
-        warnings.simplefilter("ignore")  # export warns about deprecated paths inside libraries, not about the model
-        if dynamic is not None:
-            try:
-                return torch.export.export(model, args, kwargs, dynamic_shapes=dynamic, strict=False)
-            except Exception:  # noqa: BLE001 (retried statically; the static error is the one reported)
-                pass
-        try:
-            return torch.export.export(model, args, kwargs, strict=False)
-        except Exception as err:
-            where = _failing_module(model, err)
-            owner = model.get_submodule(where) if where else model
-            place = f"inside module '{where}' ({type(owner).__name__})" if where else f"in {type(model).__name__}"
-            raise CaptureError(
-                f"torch.export (non-strict) could not capture the model: failed {place}: "
-                f"{type(err).__name__}: {_first_lines(err)}"
-            ) from err
+    if dynamic is not None:
+        if _has_unit_dimension(args, kwargs):
+            yield "dynamic shapes, size-1 dimensions included", dynamic, True
+        yield "dynamic shapes", dynamic, False
+    yield "static shapes", None, False
+
+
+def _export(model: nn.Module, args: tuple, kwargs: dict, dynamic: Any, oblivious: bool
+            ) -> torch.export.ExportedProgram:
+    """One non-strict export attempt, quietly (export warns about library internals, prints partial graphs)."""
+    from torch.fx.experimental import _config as shape_config
+
+    with warnings.catch_warnings(), _quiet_torch_logs(), shape_config.patch(backed_size_oblivious=oblivious):
+        warnings.simplefilter("ignore")
+        return torch.export.export(model, args, kwargs, dynamic_shapes=dynamic, strict=False)
+
+
+def _export_error(model: nn.Module, err: BaseException) -> CaptureError:
+    where = _failing_module(model, err)
+    owner = model.get_submodule(where) if where else model
+    place = f"inside module '{where}' ({type(owner).__name__})" if where else f"in {type(model).__name__}"
+    return CaptureError(
+        f"torch.export (non-strict) could not capture the model: failed {place}: "
+        f"{type(err).__name__}: {_first_lines(err)}"
+    )
 
 
 def _live_tensor(model: nn.Module, target: str) -> torch.Tensor | None:
@@ -309,39 +325,83 @@ def _all_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     yield from model.named_buffers(remove_duplicate=False)
 
 
+def _functional_module(program: torch.export.ExportedProgram) -> torch.fx.GraphModule:
+    """`program.module()` without in-place ops (rewritten where safe, else the program is functionalized)."""
+    exported = program.module()
+    if _out_of_place(exported):
+        return exported
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exported = program.run_decompositions({}).module()  # functionalize: in-place ops on views or inputs
+    if not _out_of_place(exported):
+        raise CaptureError("torch.export produced a graph that modifies tensors in place; otov3 cannot analyse "
+                           "it. Rewrite the in-place operations (x += y -> x = x + y).")
+    return exported
+
+
+def _difference(reference: Any, other: Any) -> float:
+    """max |a - b| / max |a| over the tensors of two outputs (inf when their structures differ)."""
+    ref, got = pytree.tree_leaves(reference), pytree.tree_leaves(other)
+    if len(ref) != len(got):
+        return float("inf")
+    worst = 0.0
+    for a, b in zip(ref, got, strict=True):
+        if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+            continue
+        if a.shape != b.shape:
+            return float("inf")
+        if a.numel():
+            a, b = a.detach().double(), b.detach().double()
+            worst = max(worst, float((a - b).abs().max()) / max(float(a.abs().max()), 1e-12))
+    return worst
+
+
 def capture_export(model: nn.Module, dummy_input: DummyInput) -> Captured:
     """Export `model` (non-strict, eval mode), bind it to the user's tensors and record every node's value.
 
-    The model is left exactly as it was: its modules' training flags are restored, and its parameters and
-    buffers keep their objects and values (checked; export runs the forward on fake tensors).
+    Dimensions are kept dynamic where torch.export can (the sub-network then takes other batch sizes and
+    lengths), and the exported graph must reproduce the model's output on `dummy_input` (else the next, more
+    static attempt is used). The model is left exactly as it was: its modules' training flags are restored, and
+    its parameters and buffers keep their objects and values (checked; export runs the forward on fake tensors).
 
     Raises:
         CaptureError: torch.export failed (the message names the innermost module on the failing call), or
-            the exported graph does not run on `dummy_input`.
+            no exported graph reproduces the model's output.
     """
     if not isinstance(model, nn.Module):
         raise CaptureError(f"model must be a torch.nn.Module, got {type(model)!r}")
     args, kwargs = split_dummy_input(dummy_input)
     before = [(name, id(t), t._version) for name, t in _all_tensors(model)]
-    with preserved_modes(model):
-        program = _export(model, args, kwargs)
-        exported = program.module()
-        if not _out_of_place(exported):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                program = program.run_decompositions({})  # functionalize: in-place ops on views or inputs
-            exported = program.module()
-            if not _out_of_place(exported):
-                raise CaptureError("torch.export produced a graph that modifies tensors in place; otov3 cannot "
-                                   "analyse it. Rewrite the in-place operations (x += y -> x = x + y).")
+    failure: CaptureError | None = None
+    for label, dynamic, oblivious in _attempts(model, args, kwargs):
+        with preserved_modes(model):
+            try:
+                exported = _functional_module(_export(model, args, kwargs, dynamic, oblivious))
+            except CaptureError:
+                raise
+            except Exception as err:  # noqa: BLE001 (the next attempt is more static; the last error is reported)
+                failure = _export_error(model, err)
+                failure.__cause__ = err
+                continue
+        gm = _bind(exported, model)
+        _drop_checks(gm)
+        _annotate(gm)
+        recorder = _Recorder(gm)
+        with preserved_modes(model), torch.no_grad():
+            recorder.run(*flat_inputs(gm, args, kwargs), enable_io_processing=False)
+            difference = _difference(model(*args, **kwargs), gm(*args, **kwargs))
+        if difference <= 1e-5:
+            _check_unchanged(model, before)
+            return Captured(gm, args, kwargs, recorder.values, backend="export")
+        failure = CaptureError(f"the graph torch.export recorded with {label} differs from the model's output by "
+                               f"{difference:.3g} (relative) on dummy_input")
+    _check_unchanged(model, before)
+    assert failure is not None
+    raise failure
+
+
+def _check_unchanged(model: nn.Module, before: list[tuple[str, int, int]]) -> None:
     after = {name: (id(t), t._version) for name, t in _all_tensors(model)}
     changed = [name for name, key, version in before if after.get(name) != (key, version)]
     if changed:
         raise CaptureError(f"torch.export modified the model's tensors {changed[:4]}; please report this model.")
-    gm = _bind(exported, model)
-    _drop_checks(gm)
-    _annotate(gm)
-    recorder = _Recorder(gm)
-    with preserved_modes(model), torch.no_grad():
-        recorder.run(*flat_inputs(gm, args, kwargs), enable_io_processing=False)
-    return Captured(gm, args, kwargs, recorder.values, backend="export")
