@@ -5,7 +5,10 @@ rule (walk the GeZIGs by descending MACs, zero each one that keeps the network v
 Target (issue #4): latency ratio <= MACs ratio + 0.05. The sub-network is `construct_subnet()`'s default, which
 computes duplicate parameter-free ops once (`otov3.subnet.dedupe`). The last two columns separate the two effects:
 the sub-network built without that step, and the sub-network against a super-network merged the same way.
-Run: `.venv/bin/python benchmarks/subnet_latency.py`.
+Hugging Face models (Llama, GPT-2, BERT, ViT; random init, `--hf-size small` by default: hidden 256, 4 layers,
+128 tokens) follow when `transformers` is installed; they are captured with torch.export, and their super-network
+column times the Hugging Face module itself.
+Run: `.venv/bin/python benchmarks/subnet_latency.py`; `--tiny` is a quick smoke run.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import copy
 import statistics
 import time
 
+import hf_models
 import torch
 
 from otov3 import OTO
@@ -40,19 +44,22 @@ def _zero_set(name: str, oto: OTO) -> list:
     return chosen
 
 
-def _interleaved_latency(models: list[torch.nn.Module], x: torch.Tensor, repeats: int,
-                         budget_s: float = 60.0) -> list[float]:
+def _call(model: torch.nn.Module, x):
+    return model(**x) if isinstance(x, dict) else model(x)
+
+
+def _interleaved_latency(models: list[torch.nn.Module], x, repeats: int, budget_s: float = 60.0) -> list[float]:
     """Median forward time of each model, runs interleaved so that clock drift and load hit all alike."""
     times: list[list[float]] = [[] for _ in models]
     with torch.no_grad():
         for model in models:
             model.eval()
-            model(x)
-            model(x)
+            _call(model, x)
+            _call(model, x)
         while len(times[0]) < repeats and (len(times[0]) < 5 or sum(map(sum, times)) < budget_s):
             for model, bucket in zip(models, times, strict=True):
                 start = time.perf_counter()
-                model(x)
+                _call(model, x)
                 bucket.append(time.perf_counter() - start)
     return [statistics.median(t) for t in times]
 
@@ -70,6 +77,11 @@ def _row(label: str, name: str, shape: tuple[int, ...], batch: int, repeats: int
     torch.manual_seed(0)
     model = create_supernet(name)
     x1 = torch.randn(*shape)
+    return _measure(label, name, model, x1, torch.randn(batch, *shape[1:]), repeats)
+
+
+def _measure(label: str, name: str, model: torch.nn.Module, x1, x, repeats: int) -> str:
+    """One table row: zero the fixed set, build the sub-network, time both on `x` (MACs on the one-sample `x1`)."""
     oto = OTO(model, x1)
     zero = _zero_set(name, oto)
     with torch.no_grad():
@@ -81,12 +93,12 @@ def _row(label: str, name: str, shape: tuple[int, ...], batch: int, repeats: int
     merged_super = copy.deepcopy(oto.space.captured.gm)
     merge_duplicate_ops(merged_super)
     macs_ratio = count_flops(subnet, x1) / count_flops(model, x1)
-    x = torch.randn(batch, *shape[1:])
     t_super, t_sub, t_unmerged, t_merged_super = _interleaved_latency(
         [model, subnet, unmerged, merged_super], x, repeats
     )
     ratio = t_sub / t_super
-    return (f"| {label} | {'×'.join(map(str, x.shape))} | {len(zero)}/{len(oto.groups)} | "
+    shape = next(iter(x.values())).shape if isinstance(x, dict) else x.shape
+    return (f"| {label} | {'×'.join(map(str, shape))} | {len(zero)}/{len(oto.groups)} | "
             f"{count_params(model):,} → {count_params(subnet):,} | {macs_ratio:.3f} | {t_super * 1e3:.2f} | "
             f"{t_sub * 1e3:.2f} | {ratio:.3f} | {'yes' if ratio <= macs_ratio + 0.05 else 'NO'} | "
             f"{t_unmerged / t_super:.3f} | {t_sub / t_merged_super:.3f} |")
@@ -98,7 +110,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models", nargs="*", help="row labels to time (default: all)")
+    parser.add_argument("--hf-size", default="small", choices=sorted(hf_models.SIZES))
+    parser.add_argument("--tiny", action="store_true", help="smoke run: one zoo model, tiny HF models, 5 runs")
     args = parser.parse_args()
+    if args.tiny:
+        args.repeats, args.batch, args.hf_size = 5, 2, "tiny"
+        args.models = args.models or ["demo_supnet"]
     torch.set_num_threads(args.threads)
     from otov3.zoo import get_supernet_spec, list_supernets
 
@@ -110,6 +127,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for label in args.models or sorted(rows):
         print(_row(label, *rows[label], repeats=args.repeats), flush=True)
+    if hf_models.available():
+        for (label, model, x1), (_, _, x) in zip(hf_models.hf_cases(args.hf_size, batch=1),
+                                                 hf_models.hf_cases(args.hf_size, batch=args.batch), strict=True):
+            print(_measure(label, label, model, x1, x, args.repeats), flush=True)
 
 
 if __name__ == "__main__":
