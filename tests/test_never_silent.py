@@ -302,6 +302,16 @@ def test_a_nan_gradient_outside_the_gezigs_moves_nothing_and_names_the_parameter
     assert same_tensors(_buffers(state), _buffers(after))
 
 
+def test_huge_but_finite_gradients_are_not_mistaken_for_non_finite_ones():
+    model, oto = _oto()
+    opt = oto.h2spg(**{**OPTS, "lr": 1e-30, "momentum": 0.0})
+    opt.zero_grad()
+    backward(model, 0)
+    model.stem.weight.grad.fill_(1e30)  # its L2 norm overflows float32, every entry is finite
+    opt.step()
+    assert bool(torch.isfinite(model.stem.weight).all())
+
+
 def _buffers(sd):
     return {f"{i}.{k}": v for i, s in sd["state"].items() if isinstance(i, int) for k, v in s.items()
             if isinstance(v, torch.Tensor)}

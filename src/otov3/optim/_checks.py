@@ -75,10 +75,16 @@ def check_gradients(params: Sequence[Tensor], labels: Sequence[str], step: int) 
     for i in present:
         by_device.setdefault(params[i].grad.device, []).append(i)
     for positions in by_device.values():
-        peaks = torch._foreach_norm([params[i].grad for i in positions], math.inf)
-        finite = torch.isfinite(torch.stack([p.float() for p in peaks]))
-        if not bool(finite.all()):
-            i = positions[int((~finite).nonzero()[0, 0])]
+        # A finite L2 norm proves every entry finite (one fast foreach pass); a non-finite one is re-checked
+        # entry by entry, since the squares of huge but finite values can overflow.
+        norms = torch._foreach_norm([params[i].grad for i in positions], 2.0)
+        finite = torch.isfinite(torch.stack([n.float() for n in norms]))
+        if bool(finite.all()):
+            continue
+        suspects = [positions[k] for k in (~finite).nonzero().flatten().tolist()]
+        bad = next((i for i in suspects if not bool(torch.isfinite(params[i].grad).all())), None)
+        if bad is not None:
+            i = bad
             raise OptimizerError(
                 f"non-finite gradient (NaN/Inf) in parameter {labels[i]} at step {step + 1}; H2SPG did not move any "
                 "parameter or buffer. Lower the learning rate, clip the gradients, or skip such steps (e.g. "
