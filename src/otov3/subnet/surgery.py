@@ -130,13 +130,24 @@ def apply_plan(captured: Captured, trace: TraceGraph, plan: SubnetPlan) -> torch
     for node in graph.nodes:
         if isinstance(node.type, str):  # string annotations (PEP 563 models) break TorchScript and codegen
             node.type = None
-    graph.eliminate_dead_code()
+    graph.eliminate_dead_code(is_impure_node=_mutates if captured.backend == "export" else None)
     gm.delete_all_unused_submodules()
     if captured.backend == "export":
         _delete_unused_tensors(gm)
     graph.lint()
     gm.recompile()
     return gm
+
+
+def _mutates(node: torch.fx.Node) -> bool:
+    """Export graphs are functional eval-mode graphs: only a mutating op must stay when its result is unused.
+
+    fx counts ops that may draw random numbers as impure, which would keep a removed attention branch alive
+    (`scaled_dot_product_attention` has a dropout argument, 0 in eval mode).
+    """
+    if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+        return node.target._schema.is_mutable
+    return node.is_impure()
 
 
 def _delete_unused_tensors(gm: torch.fx.GraphModule) -> None:
