@@ -70,6 +70,15 @@ MODELS: dict[str, tuple[Callable[[str], nn.Module], str, str, str]] = {
     "bert": (_bert, "tokens", "bert.encoder.layer.{i}.attention.output.dense", "bert.encoder.layer.{i}.output.dense"),
     "vit": (_vit, "pixels", "vit.layers.{i}.attention.o_proj", "vit.layers.{i}.mlp.fc2"),
 }
+# parameters of the sublayers of layer {i}: none may survive when every GeZIG is removed (q, k, v, the gate and
+# up projections become dead code)
+SUBLAYERS: dict[str, tuple[str, ...]] = {
+    "llama": ("model.layers.{i}.self_attn.", "model.layers.{i}.mlp."),
+    "gpt2": ("transformer.h.{i}.attn.", "transformer.h.{i}.mlp."),
+    "bert": ("bert.encoder.layer.{i}.attention.self.", "bert.encoder.layer.{i}.attention.output.dense.",
+             "bert.encoder.layer.{i}.intermediate.", "bert.encoder.layer.{i}.output.dense."),
+    "vit": ("vit.layers.{i}.attention.", "vit.layers.{i}.mlp."),
+}
 CASES = [(name, impl) for name in MODELS for impl in ("eager", "sdpa")]
 
 
@@ -93,6 +102,7 @@ class Built:
     """A model, its OTO and a copy of its initial weights (tests restore them after zeroing groups)."""
 
     def __init__(self, name: str, impl: str) -> None:
+        self.name = name
         factory, self.kind, self.attention, self.mlp = MODELS[name]
         torch.manual_seed(0)
         self.model = factory(impl).eval()
@@ -138,6 +148,10 @@ def test_every_valid_zero_set_gives_an_exact_smaller_subnetwork(built):
                             s.view().zero_()
                 subnet = oto.construct_subnet()  # verifies too; the check below is independent of it
                 assert sum(p.numel() for p in subnet.parameters()) < sum(p.numel() for p in model.parameters())
+                if r == n:
+                    prefixes = [t.format(i=i) for t in SUBLAYERS[built.name] for i in range(LAYERS)]
+                    left = [k for k, _ in subnet.named_parameters() if k.startswith(tuple(prefixes))]
+                    assert not left, left
                 generator = torch.Generator().manual_seed(100 + tried)
                 for batch in (1, 3):  # other batch sizes than the example's, padded masks
                     inputs = _inputs(built.kind, generator, batch=batch, padded=True)
