@@ -16,26 +16,31 @@ from torch import nn
 class GroupKind(StrEnum):
     GEZIG = "gezig"
     COMPLEMENTARY = "complementary"
+    CHANNEL = "channel"  # pruning mode: one channel (or head, or hidden unit) of a node group
 
 
 @dataclass(frozen=True, eq=False)
 class ParamSlice:
-    """A whole parameter (`index is None`) or a contiguous block of it along dim 0."""
+    """A whole parameter (`index is None`) or a contiguous block of it along dimension `dim` (0 unless a
+    channel lives elsewhere, e.g. the output channels of a ConvTranspose weight, dim 1)."""
 
     name: str
     param: nn.Parameter
     index: slice | None = None
+    dim: int = 0
+
+    def _select(self, data: torch.Tensor) -> torch.Tensor:
+        if self.index is None:
+            return data
+        return data[self.index] if self.dim == 0 else data[(slice(None),) * self.dim + (self.index,)]
 
     def view(self) -> torch.Tensor:
         """The slice as a view of the live parameter's data (writes go to the model)."""
-        data = self.param.data
-        return data if self.index is None else data[self.index]
+        return self._select(self.param.data)
 
     def grad_view(self) -> torch.Tensor | None:
         grad = self.param.grad
-        if grad is None:
-            return None
-        return grad if self.index is None else grad[self.index]
+        return None if grad is None else self._select(grad)
 
     def numel(self) -> int:
         return self.view().numel()
