@@ -54,10 +54,15 @@ class OTO:
             non-strict ``torch.export`` (aten ops; handles Python shape checks, a ``forward`` re-bound on the
             instance, Hugging Face models; the sub-network computes the eval-mode graph); "auto" (default) tries
             fx and falls back to export. ``oto.capture_backend`` says which one was used.
+        mode: "erase" (default; OTOv3: groups are whole operations, GeZIGs) or "prune" (OTOv2: groups are
+            channels, hidden units and attention heads of node groups, spec §4; `otov3.prune_space`).
+        group_divisible: pruning mode: node groups with at most this many channel groups are kept whole, and the
+            sub-network keeps channel counts that are multiples of it (zero channels come back to round up).
 
     Raises:
         CaptureError: the backend(s) could not capture the model; the message names each backend, the module
             where it failed and what to try.
+        ValueError: `mode` is not "erase" or "prune", or `group_divisible` is not a positive integer.
     """
 
     def __init__(
@@ -68,13 +73,25 @@ class OTO:
         leaf_modules: Sequence[type] = (),
         strict_validity: bool = True,
         capture: str = "auto",
+        mode: str = "erase",
+        group_divisible: int = 1,
     ) -> None:
+        if mode not in ("erase", "prune"):
+            raise ValueError(f"mode must be 'erase' (whole operations) or 'prune' (channels), got {mode!r}.")
+        if isinstance(group_divisible, bool) or not isinstance(group_divisible, int) or group_divisible < 1:
+            raise ValueError(f"group_divisible must be a positive integer, got {group_divisible!r}.")
+        self.mode = mode
         if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
             model = model.module
         self.model = model
         self.dummy_input = dummy_input
         self.strict_validity = strict_validity
         self.space: SearchSpace = build_search_space(model, dummy_input, leaf_modules=leaf_modules, capture=capture)
+        self._prune = None
+        if mode == "prune":
+            from otov3.prune_space import build_prune_space
+
+            self._prune = build_prune_space(self.space, model, group_divisible=group_divisible)
 
     @property
     def capture_backend(self) -> str:
@@ -85,12 +102,17 @@ class OTO:
 
     @property
     def groups(self) -> list[Group]:
-        """The GeZIGs: minimal removal structures, in dependency-graph order."""
+        """The removable groups: GeZIGs (minimal removal structures, in dependency-graph order), or in pruning
+        mode the channel groups (`Group.node_group` says which node group each belongs to)."""
+        if self._prune is not None:
+            return list(self._prune.groups)
         return list(self.space.gezigs)
 
     @property
     def complementary(self) -> list[Group]:
-        """Parametric segments that cannot be removed, each with its `reason`."""
+        """Parametric segments (pruning mode: node groups) that cannot be removed, each with its `reason`."""
+        if self._prune is not None:
+            return list(self._prune.complementary)
         return list(self.space.complementary)
 
     def group(self, name: str) -> Group:
@@ -101,16 +123,16 @@ class OTO:
         """
         if not isinstance(name, str):
             raise SearchSpaceError(f"A GeZIG name must be a string, got {type(name).__name__} {name!r}.")
-        for g in self.space.gezigs:
+        for g in self.groups:
             if g.name == name:
                 return g
-        known = ", ".join(g.name for g in self.space.gezigs)
+        known = ", ".join(g.name for g in self.groups)
         raise SearchSpaceError(f"No GeZIG named {name!r}. Known GeZIGs: {known}")
 
     def _resolve(self, groups: Iterable[Group | str] | Group | str) -> list[Group]:
         if isinstance(groups, str | Group):
             groups = [groups]  # one group, not an iterable of characters
-        mine = {id(g) for g in (*self.space.gezigs, *self.space.complementary)}
+        mine = {id(g) for g in (*self.groups, *self.complementary)}
         out = []
         for g in groups:
             if isinstance(g, str):
@@ -124,7 +146,7 @@ class OTO:
                     f"Group {g.name!r} belongs to another OTO (another search space), not to this one; pass this "
                     "OTO's groups (oto.groups) or their names."
                 )
-            if not g.is_gezig:
+            if not g.removable:
                 raise SearchSpaceError(f"Group {g.name!r} is not removable: {g.reason}")
             out.append(g)
         return out
@@ -139,6 +161,10 @@ class OTO:
         Raises:
             SearchSpaceError: a name is unknown, a group belongs to another OTO or is not removable.
         """
+        if self._prune is not None:
+            from otov3.prune_space import is_valid_channels
+
+            return is_valid_channels(self._prune, self._resolve(groups))
         segments = {s for g in self._resolve(groups) for s in g.segments}
         strict = self.strict_validity if strict is None else strict
         check = valid_strict if strict else valid_basic
@@ -153,7 +179,7 @@ class OTO:
         """
         import operator
 
-        gezigs = self.space.gezigs
+        gezigs = self.groups
         chosen = []
         for i in indices:
             try:
@@ -168,6 +194,10 @@ class OTO:
                     f"0..{len(gezigs) - 1}."
                 )
             chosen.append(gezigs[position])
+        if self._prune is not None:
+            from otov3.prune_space import is_valid_channels
+
+            return is_valid_channels(self._prune, chosen)
         segments = {s for g in chosen for s in g.segments}
         strict = self.strict_validity if strict is None else strict
         return (valid_strict if strict else valid_basic)(self.space.dependency, segments)
@@ -208,37 +238,114 @@ class OTO:
         Raises:
             DriftError: the model was converted, moved or had parameters replaced after `OTO(...)`.
         """
-        from otov3.drift import check_drift
         from otov3.optim import H2SPG
 
-        check_drift(self, when="creating the optimizer")
-        if hybrid_steps is None:
-            warnings.warn(
+        return self._make_optimizer(
+            H2SPG, "h2spg", strict=strict, no_deadline=(
                 "oto.h2spg(hybrid_steps=None) sets no deadline: redundant groups reach zero only if the half-space "
                 "test happens to project them, so construct_subnet() may find fewer zero groups than the target. "
-                "Pass hybrid_steps=N and train past warmup_steps + N.", UserWarning, stacklevel=2,
+                "Pass hybrid_steps=N and train past warmup_steps + N."),
+            variant=variant, lr=lr, momentum=momentum,
+            weight_decay=weight_decay, target_group_sparsity=target_group_sparsity, warmup_steps=warmup_steps,
+            hybrid_steps=hybrid_steps, options=options,
+        )
+
+    def hesso(
+        self,
+        *,
+        variant: str = "sgd",
+        lr: float | None = None,
+        momentum: float = 0.0,
+        weight_decay: float | None = None,
+        target_group_sparsity: int | float = 0.5,
+        warmup_steps: int = 0,
+        hybrid_steps: int = 1,
+        strict: bool | None = None,
+        **options,
+    ):
+        """Create the HESSO optimizer over every trainable parameter of the model (spec §5.6).
+
+        After `warmup_steps` it shrinks the least important groups progressively (`periods` quotas, no λ) so that
+        `target_group_sparsity` of `oto.groups` (a fraction; erasing mode also takes a count) are exactly zero by
+        step `warmup_steps + hybrid_steps`; in erasing mode each group is admitted only while the hierarchy check
+        holds. See `otov3.optim.HESSO` for every option (periods, betas, importance_weights, ...).
+
+        Args: as `h2spg`; ``hybrid_steps`` (the pruning phase's length) is required to be >= ``periods``.
+
+        Raises:
+            DriftError: the model was converted, moved or had parameters replaced after `OTO(...)`.
+            ValueError: a hyper-parameter is out of range; in pruning mode, a target that is not a fraction.
+        """
+        from otov3.optim import HESSO
+
+        return self._make_optimizer(
+            HESSO, "hesso", strict=strict, no_deadline=None, variant=variant, lr=lr, momentum=momentum,
+            weight_decay=weight_decay, target_group_sparsity=target_group_sparsity, warmup_steps=warmup_steps,
+            hybrid_steps=hybrid_steps, options=options,
+        )
+
+    def dhspg(
+        self,
+        *,
+        variant: str = "sgd",
+        lr: float | None = None,
+        momentum: float = 0.0,
+        weight_decay: float | None = None,
+        target_group_sparsity: int | float = 0.5,
+        warmup_steps: int = 0,
+        hybrid_steps: int | None = None,
+        strict: bool | None = None,
+        **options,
+    ):
+        """Create the DHSPG optimizer over every trainable parameter of the model (spec §5.4).
+
+        At the end of `warmup_steps` one-step redundancy scores pick the candidates (``target_group_sparsity`` +
+        ``tolerance`` of `oto.groups`); λ steps and half-space projections then zero `target_group_sparsity` of
+        them, all by step `warmup_steps + hybrid_steps`. In erasing mode the candidates keep the hierarchy check
+        true. See `otov3.optim.DHSPG` for every option (tolerance, epsilon, lam, eta, kappa, ...).
+
+        Args: as `h2spg`.
+
+        Raises:
+            DriftError: the model was converted, moved or had parameters replaced after `OTO(...)`.
+            ValueError: a hyper-parameter is out of range; in pruning mode, a target that is not a fraction.
+        """
+        from otov3.optim import DHSPG
+
+        return self._make_optimizer(
+            DHSPG, "dhspg", strict=strict, no_deadline=(
+                "oto.dhspg(hybrid_steps=None) sets no deadline: groups reach zero only if the half-space test "
+                "happens to project them. Pass hybrid_steps=N and train past warmup_steps + N."),
+            variant=variant, lr=lr, momentum=momentum,
+            weight_decay=weight_decay, target_group_sparsity=target_group_sparsity, warmup_steps=warmup_steps,
+            hybrid_steps=hybrid_steps, options=options,
+        )
+
+    def _make_optimizer(self, cls, label: str, *, strict: bool | None, no_deadline: str | None, options: dict,
+                        **kw):
+        """One optimizer over every trainable parameter and `self.groups`; erasing mode passes the hierarchy
+        check (`is_valid_indices`), pruning mode none (any channel set is valid) and takes a fraction only."""
+        from otov3.drift import check_drift
+
+        check_drift(self, when="creating the optimizer")
+        if no_deadline is not None and kw["hybrid_steps"] is None:
+            warnings.warn(no_deadline, UserWarning, stacklevel=3)
+        pruning = getattr(self, "mode", "erase") == "prune"
+        target = kw["target_group_sparsity"]
+        if pruning and not (isinstance(target, float) and 0.0 < target < 1.0):
+            raise ValueError(
+                f"target_group_sparsity={target!r}: in pruning mode it is the fraction of the channel groups to "
+                "remove, a float in (0, 1)"
             )
         names = {id(p): n for n, p in self.model.named_parameters()}
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = H2SPG(
-            params,
-            self.space.gezigs,
-            lambda indices: self.is_valid_indices(indices, strict=strict),
-            variant=variant,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            target_group_sparsity=target_group_sparsity,
-            warmup_steps=warmup_steps,
-            hybrid_steps=hybrid_steps,
-            param_names=[names[id(p)] for p in params],
-            **options,
-        )
+        is_valid = None if pruning else (lambda indices: self.is_valid_indices(indices, strict=strict))
+        optimizer = cls(params, self.groups, is_valid, param_names=[names[id(p)] for p in params], **kw, **options)
         if getattr(self, "_optimizer", None) is not None:
             warnings.warn(
-                "oto.h2spg() was already called on this OTO: two optimizers over the same parameters undo each "
+                f"oto.{label}() was already called on this OTO: two optimizers over the same parameters undo each "
                 "other's zeros. construct_subnet() checks the newest one; step only that one.",
-                UserWarning, stacklevel=2,
+                UserWarning, stacklevel=3,
             )
         self._optimizer = optimizer
         return optimizer
@@ -246,8 +353,8 @@ class OTO:
     # --- the sub-network -------------------------------------------------------------------------------
 
     def zero_groups(self) -> list[Group]:
-        """GeZIGs whose every scalar is exactly zero now."""
-        return [g for g in self.space.gezigs if g.is_zero()]
+        """Removable groups (GeZIGs, or channel groups in pruning mode) whose every scalar is exactly zero now."""
+        return [g for g in self.groups if g.is_zero()]
 
     def construct_subnet(
         self,
@@ -294,20 +401,30 @@ class OTO:
         check_drift(self, when="constructing the sub-network")
         optimizer = getattr(self, "_optimizer", None)
         if optimizer is not None:
-            check_promise(optimizer, self.space.gezigs, allow_partial=allow_partial)
+            check_promise(optimizer, self.groups, allow_partial=allow_partial)
         zero = self.zero_groups()
         self._warn_nearly_zero(zero)
+        if self._prune is not None:
+            from otov3.prune_space import build_channel_subnet, is_valid_channels
+
+            if not is_valid_channels(self._prune, zero):
+                raise ConstructionError(
+                    "Every channel group of a node group is zero, so removing them would cut the network: "
+                    f"{[g.name for g in zero]}. Keep at least one channel group per node group.")
+            builder = lambda: build_channel_subnet(self.space, self._prune, zero)  # noqa: E731
         segments = {s for g in zero for s in g.segments}
-        if not valid_basic(self.space.dependency, segments):
+        if self._prune is None and not valid_basic(self.space.dependency, segments):
             raise ConstructionError(
                 "The zero groups disconnect the network (no path from input to output would remain): "
                 + ", ".join(g.name for g in zero)
                 + ". Use oto.is_valid_removal() to choose groups, or train with oto.h2spg()."
             )
         cap = self.space.captured
-        plan = plan_subnet(self.space.trace, self.space.dependency, segments)
+        if self._prune is None:
+            plan = plan_subnet(self.space.trace, self.space.dependency, segments)
+            builder = lambda: apply_plan(cap, self.space.trace, plan)  # noqa: E731
         try:
-            subnet = apply_plan(cap, self.space.trace, plan)
+            subnet = builder()
             if merge_duplicates:
                 merge_duplicate_ops(subnet)
         except ConstructionError:
@@ -345,7 +462,7 @@ class OTO:
 
     def _warn_nearly_zero(self, zero: list[Group]) -> None:
         near = [
-            g.name for g in self.space.gezigs
+            g.name for g in self.groups
             if g not in zero and g.norm() <= 1e-6 * math.sqrt(max(g.numel(), 1))
         ]
         if near:
@@ -406,11 +523,18 @@ class OTO:
 
         out = Path(out_dir)
         space = self.space
-        zero = [s for g in self.zero_groups() for s in g.segments]
-        gezigs = [(g.name, g.segments) for g in space.gezigs]
         files = write_graph(trace_dot(space.trace), out / "trace_graph", svg=svg)
-        files += write_graph(dependency_dot(space.trace, space.dependency, gezigs, zero), out / "dependency_graph",
-                             svg=svg)
+        if self._prune is not None:  # pruning mode: the trace graph with its node groups coloured
+            from otov3.viz.dot import node_group_dot
+
+            zeros = {g.node_group for g in self.zero_groups()}
+            groups = [(self._prune.names[g.id], g.vertices, g.prunable, g.id in zeros) for g in self._prune.node_groups]
+            files += write_graph(node_group_dot(space.trace, groups), out / "channel_groups", svg=svg)
+        else:
+            zero = [s for g in self.zero_groups() for s in g.segments]
+            gezigs = [(g.name, g.segments) for g in space.gezigs]
+            files += write_graph(dependency_dot(space.trace, space.dependency, gezigs, zero),
+                                 out / "dependency_graph", svg=svg)
         subnet = getattr(self, "_last_subnet", None)
         if subnet is not None:
             nodes = [
@@ -422,7 +546,12 @@ class OTO:
         return files
 
     def summary(self) -> str:
-        """A readable table of every parametric segment: group, ops, #params, status or reason."""
+        """A readable table of every parametric segment: group, ops, #params, status or reason (pruning mode:
+        every node group with its channel groups, or the reason it is kept whole)."""
+        if self._prune is not None:
+            from otov3.prune_space import prune_summary
+
+            return prune_summary(self.space, self._prune)
         trace = self.space.trace
         rows = [("group", "ops", "#params", "status")]
         everything = sorted((*self.space.gezigs, *self.space.complementary), key=lambda g: g.segment)
@@ -452,4 +581,6 @@ class OTO:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
+        if self._prune is not None:
+            return f"OTO({type(self.model).__name__}, mode='prune', channel_groups={len(self._prune.groups)})"
         return f"OTO({type(self.model).__name__}, gezigs={len(self.space.gezigs)})"

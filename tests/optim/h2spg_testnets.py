@@ -111,15 +111,12 @@ PATHS = ["foreach+scalar", "chunked+scalar", "foreach+batched", "chunked+batched
 
 def use_paths(monkeypatch, paths: str) -> None:
     """Forces H2SPG's code paths on these tiny networks: cache-blocked SGD chunks (tiny chunks that split
-    slices) or foreach ops, and the per-group maths on Python floats or as batched tensor ops."""
+    rows) or foreach ops. The per-group maths has one batched path now, so "+scalar" and "+batched" run alike."""
     import otov3.optim._layout as layout
     import otov3.optim._reduce as reduce
-    import otov3.optim._step as step
 
     if paths.startswith("chunked"):
         monkeypatch.setattr(reduce, "FUSE_MIN", 1)
         monkeypatch.setattr(layout, "CHUNK", 96)
     else:
         monkeypatch.setattr(reduce, "FUSE_MIN", 1 << 40)
-    if paths.endswith("batched"):
-        monkeypatch.setattr(step, "_SCALAR_SLICES", 0)

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from otov3.optim import kernels
-from otov3.optim._decide import Settings, decide_batched, decide_scalar
-from otov3.optim._layout import CHUNK, chunk_pieces
+from otov3.optim._halfspace import decide
+from otov3.optim._layout import CHUNK, chunk_rows
 
 
 def _lam(x: list[float], d: list[float], lam: float = 1e-3, eta: float = 2.0, kappa: float = 10.0) -> float:
@@ -168,6 +168,22 @@ def test_scalar_and_batched_kernels_agree(rows):
     assert lam_b.tolist() == pytest.approx(lam_s, rel=1e-9)
 
 
+def _decide_scalar(local, per_slice, alpha, is_target, cfg, force):
+    """Per-group reference on Python floats (what the removed `_decide.decide_scalar` computed)."""
+    groups = range(len(is_target))
+    tot = [[sum(r[j] for r, g in zip(per_slice, local, strict=True) if g == k) for j in range(3)] for k in groups]
+    shrink = []
+    for x_sq, xd, d_sq in tot:
+        lam_g = kernels.lambda_rule_scalar(xd, math.sqrt(x_sq), math.sqrt(d_sq), lam=cfg["lam"], eta=cfg["eta"],
+                                           kappa=cfg["kappa"])
+        shrink.append(lam_g / math.sqrt(x_sq) if x_sq > 0 else 0.0)
+    trial = [0.0] * len(tot)
+    for k, (x_sq, xd, _) in enumerate(per_slice):
+        trial[local[k]] += (1 - alpha[k] * shrink[local[k]]) * x_sq - alpha[k] * xd
+    project = [g for g in groups if is_target[g] and (force or tot[g][0] == 0 or trial[g] < cfg["epsilon"] * tot[g][0])]
+    return project, [s if t else 0.0 for s, t in zip(shrink, is_target, strict=True)]
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2), _floats, _floats, st.floats(0.01, 1.0)), min_size=1, max_size=8),
        st.lists(st.booleans(), min_size=3, max_size=3), st.booleans())
@@ -177,25 +193,22 @@ def test_scalar_and_batched_decisions_agree(slices, is_target, force):
     d = [b for _, _, b, _ in slices]
     alpha = [lr for _, _, _, lr in slices]
     per_slice = [[a * a, a * b, b * b] for a, b in zip(x, d, strict=True)]
-    per_group = [[sum(r[j] for r, g in zip(per_slice, local, strict=True) if g == k) for j in range(3)]
-                 for k in range(3)]
-    decay = [0.0] * len(slices)
-    cfg = Settings(lam=0.05, eta=2.0, kappa=10.0, epsilon=0.9)
-    scalar = decide_scalar(local, per_slice, per_group, alpha, decay, is_target, cfg, force=force)
-    batched = decide_batched(torch.tensor(local), torch.tensor(per_slice, dtype=torch.float64),
-                             torch.tensor(per_group, dtype=torch.float64), torch.tensor(alpha, dtype=torch.float64),
-                             torch.tensor(decay, dtype=torch.float64), torch.tensor(is_target), cfg, force=force)
-    assert scalar.project == batched.project
-    assert [k for k, _ in scalar.pre] == [k for k, _ in batched.pre]
-    assert [f for _, f in scalar.pre] == pytest.approx([f for _, f in batched.pre], rel=1e-9)
+    cfg = {"lam": 0.05, "eta": 2.0, "kappa": 10.0, "epsilon": 0.9}
+    project, shrink = _decide_scalar(local, per_slice, alpha, is_target, cfg, force)
+    rows = torch.tensor([[xs, xd, ds, xs, lr * xs, lr * xd] for (xs, xd, ds), lr in zip(per_slice, alpha, strict=True)],
+                        dtype=torch.float64)
+    per_group = torch.zeros(3, 6, dtype=torch.float64).index_add_(0, torch.tensor(local), rows)
+    got, c = decide(per_group, torch.tensor(is_target), **cfg, force=force)
+    assert got.nonzero().flatten().tolist() == project
+    assert c.tolist() == pytest.approx(shrink, rel=1e-9)
 
 
-def test_chunk_pieces_never_straddle_a_slice():
-    pieces = chunk_pieces(1000, [(100, 400, 0), (700, 800, 1)])
-    assert pieces[0] == (0, 100, -1)
-    assert all(hi - lo <= CHUNK for lo, hi, _ in pieces)
-    covered = [i for lo, hi, _ in pieces for i in range(lo, hi)]
-    assert covered == list(range(1000))
-    for lo, hi, mark in pieces:
-        inside = [m for a, b, m in [(100, 400, 0), (700, 800, 1)] if a <= lo and hi <= b]
-        assert mark == (inside[0] if inside else -1)
+def test_chunk_rows_never_straddle_a_row_and_split_only_rows_larger_than_a_chunk():
+    pieces = chunk_rows(10 * 300, [True, False] * 5)  # 10 rows of 300
+    covered = [i for p in pieces for i in range(p.lo, p.hi)]
+    assert covered == list(range(3000))
+    assert all(p.hi - p.lo <= CHUNK and p.lo % 300 == 0 and p.hi % 300 == 0 and not p.partial for p in pieces)
+    wide = chunk_rows(2 * (CHUNK + 5), [False, True])  # rows wider than a chunk: parts of one row each
+    assert [(p.r0, p.hi - p.lo, p.owned) for p in wide] == [(0, CHUNK, False), (0, 5, False), (1, CHUNK, True),
+                                                           (1, 5, True)]
+    assert all(p.partial for p in wide)

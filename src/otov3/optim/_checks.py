@@ -1,4 +1,4 @@
-"""H2SPG's guards: hyper-parameters, the gradients before a step, and a state dict before it is loaded.
+"""The optimizers' guards: hyper-parameters, the gradients before a step, and a state dict before it is loaded.
 
 Each check runs before anything changes, so a refused step or load leaves parameters, buffers and the run state
 exactly as they were (all or nothing), and each message names the first problem: which option, parameter or entry.
@@ -16,8 +16,6 @@ from torch import Tensor
 
 from otov3.errors import OptimizerError
 from otov3.optim._base import BUFFER_KEYS
-
-RUN_FIELDS = ("step", "scores", "redundant", "rejected", "zero", "forced", "gezigs")
 
 
 def require(ok: bool, name: str, value: Any, what: str) -> None:
@@ -67,7 +65,7 @@ def whole_steps(name: str, value: Any, minimum: int, *, optional: bool = False) 
     return value
 
 
-def check_gradients(params: Sequence[Tensor], labels: Sequence[str], step: int) -> None:
+def check_gradients(params: Sequence[Tensor], labels: Sequence[str], step: int, who: str = "H2SPG") -> None:
     """Raises `OptimizerError` naming the first parameter whose gradient holds NaN or Inf (one reduction per
     device, before anything moves). `labels` describe the parameters (name, and GeZIG if any)."""
     present = [i for i, p in enumerate(params) if p.grad is not None and not p.grad.is_sparse]
@@ -86,72 +84,67 @@ def check_gradients(params: Sequence[Tensor], labels: Sequence[str], step: int) 
         if bad is not None:
             i = bad
             raise OptimizerError(
-                f"non-finite gradient (NaN/Inf) in parameter {labels[i]} at step {step + 1}; H2SPG did not move any "
+                f"non-finite gradient (NaN/Inf) in parameter {labels[i]} at step {step + 1}; {who} did not move any "
                 "parameter or buffer. Lower the learning rate, clip the gradients, or skip such steps (e.g. "
                 "torch.amp.GradScaler), then zero the gradients and continue."
             )
 
 
-def _index_list(name: str, value: Any, n: int) -> list[int]:
+def index_list(where: str, name: str, value: Any, n: int, noun: str) -> list[int]:
+    """A list of distinct group indices in ``0..n-1``, or ValueError naming the field."""
     if not isinstance(value, list | tuple):
-        raise ValueError(f"state_dict['state']['h2spg'][{name!r}] must be a list of GeZIG indices, got {value!r}")
+        raise ValueError(f"{where}[{name!r}] must be a list of {noun} indices, got {value!r}")
     out = []
     for v in value:
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < n:
-            raise ValueError(
-                f"state_dict['state']['h2spg'][{name!r}] holds {v!r}; GeZIG indices must be ints in 0..{n - 1}"
-            )
+            raise ValueError(f"{where}[{name!r}] holds {v!r}; {noun} indices must be ints in 0..{n - 1}")
         out.append(v)
     if len(set(out)) != len(out):
-        raise ValueError(f"state_dict['state']['h2spg'][{name!r}] repeats a GeZIG index: {out}")
+        raise ValueError(f"{where}[{name!r}] repeats a {noun} index: {out}")
     return out
 
 
-def check_run(run: Any, opt: Any) -> None:
-    """The optimizer-level entry of a state dict: types, ranges, agreement with the weights and validity."""
-    where = "state_dict['state']['h2spg']"
+def check_run_common(run: Any, opt: Any, fields: Sequence[str], names_key: str) -> str:
+    """The optimizer-level entry of a state dict: a dict with every field, saved for these groups, a valid step.
+
+    Returns the entry's name for further messages."""
+    where = f"state_dict['state'][{opt.RUN_KEY!r}]"
     if not isinstance(run, Mapping):
         raise ValueError(f"{where} must be a dict, got {type(run).__name__}")
-    missing = [k for k in RUN_FIELDS if k not in run]
+    missing = [k for k in fields if k not in run]
     if missing:
-        raise ValueError(f"{where} lacks {missing}; it was not saved by this version of H2SPG")
-    gezigs = opt._gezigs
-    n, names = len(gezigs), [g.name for g in gezigs]
-    if not isinstance(run["gezigs"], list | tuple) or list(run["gezigs"]) != names:
-        raise ValueError(f"state_dict was saved for GeZIGs {run['gezigs']!r}, this optimizer has {names}")
+        raise ValueError(f"{where} lacks {missing}; it was not saved by this version of {opt.NAME}")
+    names = [g.name for g in opt._groups]
+    if not isinstance(run[names_key], list | tuple) or list(run[names_key]) != names:
+        shown = names if len(names) <= 50 else f"{len(names)} groups ({names[0]!r}, ...)"
+        raise ValueError(f"state_dict was saved for {opt.NOUN}s {run[names_key]!r}, this optimizer has {shown}")
     step = run["step"]
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"{where}['step']={step!r} must be an int >= 0")
-    scores = run["scores"]
+    return where
+
+
+def check_scores(where: str, name: str, scores: Any, n: int) -> None:
     if not (isinstance(scores, Tensor) and scores.dtype == torch.float64 and tuple(scores.shape) == (n,)):
-        raise ValueError(f"{where}['scores'] must be a float64 tensor of shape ({n},), got {scores!r}")
+        raise ValueError(f"{where}[{name!r}] must be a float64 tensor of shape ({n},), got {scores!r}")
     if not bool(torch.isfinite(scores).all()):
-        raise ValueError(f"{where}['scores'] holds NaN/Inf: {scores.tolist()}")
-    redundant = None if run["redundant"] is None else _index_list("redundant", run["redundant"], n)
-    rejected, zero = _index_list("rejected", run["rejected"], n), _index_list("zero", run["zero"], n)
-    forced = _index_list("forced", run["forced"], n)
-    chosen = set(redundant or [])
-    if redundant is not None:
-        k = opt.defaults["k"]
-        if len(redundant) > k:
-            raise ValueError(f"{where}['redundant'] holds {len(redundant)} GeZIGs, more than K={k}")
-        if not opt._is_valid(frozenset(redundant)):
-            raise ValueError(
-                f"{where}['redundant'] = {[names[i] for i in redundant]} is not a valid removal (it would disconnect "
-                "the network); the state dict was edited or belongs to another model"
-            )
-    if chosen & set(rejected):
-        raise ValueError(f"{where}: GeZIGs {sorted(chosen & set(rejected))} are both redundant and rejected")
-    for name, values, within in (("zero", zero, chosen), ("forced", forced, set(zero))):
+        raise ValueError(f"{where}[{name!r}] holds NaN/Inf: {scores.tolist()}")
+
+
+def check_subsets(where: str, names: Sequence[str], pairs: Sequence[tuple[str, list[int], set[int], str]]) -> None:
+    """Each ``(field, values, allowed, parent)``: every value lies in ``allowed`` (the parent field's set)."""
+    for name, values, within, parent in pairs:
         outside = [names[i] for i in values if i not in within]
         if outside:
-            parent = "redundant" if name == "zero" else "zero"
             raise ValueError(f"{where}[{name!r}] lists {outside}, which are not in {parent!r}")
+
+
+def check_zero_weights(where: str, zero: Sequence[int], groups: Sequence[Any], noun: str) -> None:
     for i in zero:
-        if not gezigs[i].is_zero():
+        if not groups[i].is_zero():
             raise ValueError(
-                f"{where}['zero'] lists GeZIG {names[i]!r}, but its weights are not zero (norm "
-                f"{gezigs[i].norm():.3g}); load the model's state_dict from the same checkpoint before the optimizer's"
+                f"{where}['zero'] lists {noun} {groups[i].name!r}, but its weights are not zero (norm "
+                f"{groups[i].norm():.3g}); load the model's state_dict from the same checkpoint before the optimizer's"
             )
 
 
@@ -159,7 +152,7 @@ def check_param_states(state: Mapping[Any, Any], targets: Mapping[int, tuple[Ten
     """Per-parameter entries: known ids, buffers shaped like their parameter and finite, valid step counts.
 
     Args:
-        state: the saved ``state`` (parameter id -> dict, plus the ``'h2spg'`` entry).
+        state: the saved ``state`` (parameter id -> dict, plus the optimizer-level entry).
         targets: saved parameter id -> (this optimizer's parameter, its name).
     """
     for key, value in state.items():
@@ -168,7 +161,7 @@ def check_param_states(state: Mapping[Any, Any], targets: Mapping[int, tuple[Ten
         try:
             i = operator.index(key)
         except TypeError:
-            raise ValueError(f"state_dict['state'] has key {key!r}; expected parameter ids and 'h2spg'") from None
+            raise ValueError(f"state_dict['state'] has key {key!r}; expected parameter ids") from None
         if i not in targets:
             raise ValueError(f"state_dict['state'][{i}] refers to no parameter of state_dict['param_groups']")
         param, name = targets[i]
@@ -203,8 +196,8 @@ def check_state_dict(state_dict: Any, opt: Any) -> None:
     state, groups = state_dict["state"], state_dict["param_groups"]
     if not isinstance(state, Mapping):
         raise ValueError(f"state_dict['state'] must be a dict, got {type(state).__name__}")
-    if "h2spg" not in state:
-        raise ValueError("state_dict has no 'h2spg' entry: it was not saved by H2SPG")
+    if opt.RUN_KEY not in state:
+        raise ValueError(f"state_dict has no {opt.RUN_KEY!r} entry: it was not saved by {opt.NAME}")
     if not isinstance(groups, list | tuple) or len(groups) != len(opt.param_groups):
         raise ValueError(f"state_dict['param_groups'] must list {len(opt.param_groups)} param group(s), got {groups!r}")
     names = dict(zip(map(id, opt._flat_params), opt._param_names, strict=True))
@@ -217,5 +210,5 @@ def check_state_dict(state_dict: Any, opt: Any) -> None:
         check_group_options(merged["lr"], merged["momentum"], merged["dampening"], merged["weight_decay"],
                             tuple(merged["betas"]) if isinstance(merged["betas"], list) else merged["betas"],
                             merged["adam_eps"], where=f"state_dict['param_groups'][{j}] ")
-    check_run(state["h2spg"], opt)
+    opt._check_run(state[opt.RUN_KEY])
     check_param_states(state, targets)

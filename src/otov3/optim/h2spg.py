@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -10,27 +9,19 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
-from otov3.errors import OptimizerError
 from otov3.optim import _checks, kernels
-from otov3.optim._checks import check_group_options, check_number, require, whole_steps
-from otov3.optim._layout import GroupLayout
-from otov3.optim._step import RUN_KEY, StepEngine
+from otov3.optim._checks import check_number, require, whole_steps
+from otov3.optim._engine import Decision, preset, variant_default
+from otov3.optim._halfspace import HalfSpaceOptimizer
 from otov3.space import Group
 
 __all__ = ["H2SPG"]
 
-
-# spec §5.1 and §5.4, code `hyperparameter.py`: per-variant defaults of lr, weight decay, λ, η, κ.
-_VARIANT_DEFAULTS: dict[str, dict[str, float]] = {
-    "sgd": {"lr": 1e-3, "weight_decay": 0.0, "lam": 1e-3, "eta": 2.0, "kappa": 10.0},
-    "adam": {"lr": 1e-3, "weight_decay": 0.0, "lam": 1e-2, "eta": 20.0, "kappa": 1e3},
-    "adamw": {"lr": 1e-3, "weight_decay": 1e-2, "lam": 1e-2, "eta": 20.0, "kappa": 1e3},
-}
+RUN_KEY = "h2spg"  # the optimizer-level entry of `state` (string keys survive state_dict as they are)
 
 
-class H2SPG(StepEngine, Optimizer):
+class H2SPG(HalfSpaceOptimizer):
     r"""Trains a super-network once and drives exactly K GeZIGs to exact zero while the graph stays valid.
 
     The algorithm (spec §5.5, paper Algorithm 3), step ``t = 1, 2, …``::
@@ -85,11 +76,11 @@ class H2SPG(StepEngine, Optimizer):
     (spec §5.7). The other settings are global (``self.defaults``). Everything mutable (buffers, step counters,
     scores, the redundant set, the zero groups) lives in ``state``, so ``state_dict()`` resumes bit-identically.
 
-    Implementation (`otov3.optim._step`): large parameters take one cache-blocked pass per step that updates
-    the optimizer buffers, computes the GeZIG reductions ``‖x‖², ⟨x,d⟩, ‖d‖²`` and (unless the λ decision must
-    come first) the parameter; the rest uses foreach ops like torch.optim. The trial point ``x̃`` is never
-    materialised (``⟨x̃,x⟩`` follows from the reductions). Parameters made entirely of zero groups are skipped
-    from then on.
+    Implementation: the engine shared with DHSPG and HESSO (`otov3.optim._engine`). Large parameters take one
+    cache-blocked pass per step that updates the optimizer buffers, computes the per-row reductions
+    ``‖x‖², ⟨x,d⟩, ‖d‖²`` and (unless the λ decision must come first) the parameter; the rest uses foreach ops
+    like torch.optim. Per-group maths is batched over all groups; the trial point ``x̃`` is never materialised
+    (``⟨x̃,x⟩`` follows from the reductions). Parameters made entirely of zero groups are skipped from then on.
 
     Never silent: a step whose gradients hold NaN/Inf anywhere raises `OptimizerError` naming the parameter before
     anything moves; hyper-parameters must be finite; `load_state_dict` checks the whole saved state first.
@@ -128,6 +119,11 @@ class H2SPG(StepEngine, Optimizer):
         ...             warmup_steps=500, hybrid_steps=2000, lr=0.1, momentum=0.9)  # doctest: +SKIP
     """
 
+    RUN_KEY = RUN_KEY
+    NAME = "H2SPG"
+    NOUN = "GeZIG"
+    RUN_FIELDS = ("step", "scores", "redundant", "rejected", "zero", "forced", "gezigs")
+
     def __init__(
         self,
         params: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]],
@@ -154,21 +150,11 @@ class H2SPG(StepEngine, Optimizer):
         official_adam_init: bool = False,
         param_names: Sequence[str] | None = None,
     ) -> None:
-        if variant not in _VARIANT_DEFAULTS:
-            raise ValueError(f"variant={variant!r} is unknown; choose one of {sorted(_VARIANT_DEFAULTS)}")
-        preset = _VARIANT_DEFAULTS[variant]
-        lr = preset["lr"] if lr is None else lr
-        weight_decay = preset["weight_decay"] if weight_decay is None else weight_decay
-        lam = preset["lam"] if lam is None else lam
-        eta = preset["eta"] if eta is None else eta
-        kappa = preset["kappa"] if kappa is None else kappa
-        check_group_options(lr, momentum, dampening, weight_decay, betas, adam_eps, where="")
-        check_number("epsilon", epsilon, 0.0, 1.0, high_open=True)
+        base = preset(variant, lr, momentum, dampening, weight_decay, betas, adam_eps)
+        lam, eta, kappa = (variant_default(variant, "lam", lam), variant_default(variant, "eta", eta),
+                           variant_default(variant, "kappa", kappa))
+        self._check_halfspace_options(epsilon, lam, eta, kappa, deadline_window)
         check_number("score_momentum", score_momentum, 0.0, 1.0)
-        check_number("lam", lam, 0.0)
-        check_number("eta", eta, 1.0)
-        check_number("kappa", kappa, 1.0)
-        check_number("deadline_window", deadline_window, 0.0, 1.0, low_open=True)
         warmup_steps = whole_steps("warmup_steps", warmup_steps, 0)
         hybrid_steps = whole_steps("hybrid_steps", hybrid_steps, 1, optional=True)
         require(len(score_weights) == 2 and all(_checks._real(w) and w >= 0 for w in score_weights),
@@ -176,67 +162,31 @@ class H2SPG(StepEngine, Optimizer):
         if not gezigs:
             raise ValueError("gezigs is empty: H2SPG needs at least one removable group")
         k = kernels.target_count(target_group_sparsity, len(gezigs))
-        super().__init__(
-            params,
-            {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
-             "betas": tuple(betas), "adam_eps": adam_eps},
-        )
-        for i, group in enumerate(self.param_groups):
-            check_group_options(group["lr"], group["momentum"], group["dampening"], group["weight_decay"],
-                                group["betas"], group["adam_eps"], where=f"param_groups[{i}] ")
-        self._flat_params = [p for group in self.param_groups for p in group["params"]]
-        self._layout = GroupLayout(gezigs, self._flat_params)
-        self._param_names = self._names(param_names)
-        owner = {self._layout.slice_pos[i]: gezigs[g].name for i, g in enumerate(self._layout.slice_group)}
-        self._labels = [f"{n!r}" + (f" of GeZIG {owner[i]!r}" if i in owner else "")
-                        for i, n in enumerate(self._param_names)]
-        self._gezigs = tuple(gezigs)
         self._is_valid = is_valid
-        self._index_cache: dict[tuple[int, ...], Tensor] = {}
-        self._u_buffers: dict[int, Tensor] = {}
-        self._scratch_buffers: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
-        self._frozen_cache: tuple[tuple[int, ...] | None, frozenset[int]] = (None, frozenset())
-        self.defaults.update(
-            variant=variant, target_group_sparsity=target_group_sparsity, k=k, warmup_steps=warmup_steps,
-            hybrid_steps=hybrid_steps, epsilon=epsilon, score_momentum=score_momentum, lam=lam, eta=eta,
-            kappa=kappa, deadline_window=deadline_window, score_weights=tuple(score_weights),
-            official_adam_init=official_adam_init,
+        self._setup(
+            params, gezigs, **base, official_adam_init=official_adam_init, param_names=param_names,
+            defaults={"target_group_sparsity": target_group_sparsity, "k": k, "warmup_steps": warmup_steps,
+                      "hybrid_steps": hybrid_steps, "epsilon": epsilon, "score_momentum": score_momentum,
+                      "lam": lam, "eta": eta, "kappa": kappa, "deadline_window": deadline_window,
+                      "score_weights": tuple(score_weights)},
+            run={"step": 0, "scores": torch.zeros(len(gezigs), dtype=torch.float64), "redundant": None,
+                 "rejected": [], "zero": [], "forced": [], "gezigs": [g.name for g in gezigs]},
         )
-        self.state[RUN_KEY] = {
-            "step": 0,
-            "scores": torch.zeros(len(gezigs), dtype=torch.float64),
-            "redundant": None,
-            "rejected": [],
-            "zero": [],
-            "forced": [],
-            "gezigs": [g.name for g in gezigs],
-        }
-        self._constructed = True
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Adds a param group while constructing; afterwards the GeZIG partition is fixed, so it refuses."""
-        if getattr(self, "_constructed", False):
-            raise OptimizerError(
-                "H2SPG cannot take new param groups after construction: the GeZIG layout is fixed; "
-                "pass every parameter when creating the optimizer"
-            )
-        super().add_param_group(param_group)
+    @property
+    def _gezigs(self) -> tuple[Group, ...]:
+        return self._groups
 
     # ----------------------------------------------------------------------------------------- introspection
     @property
     def redundant_groups(self) -> list[Group]:
         """The redundant set ``G_r`` in acceptance order (empty before the end of warm-up)."""
-        return [self._gezigs[i] for i in self.state[RUN_KEY]["redundant"] or []]
-
-    @property
-    def zero_groups(self) -> list[Group]:
-        """Redundant groups that H2SPG has set to exact zero (and keeps there), in the order they got there."""
-        return [self._gezigs[i] for i in self.state[RUN_KEY]["zero"]]
+        return [self._groups[i] for i in self.state[RUN_KEY]["redundant"] or []]
 
     @property
     def rejected_groups(self) -> list[Group]:
         """GeZIGs the hierarchical search examined and refused because removing them breaks validity."""
-        return [self._gezigs[i] for i in self.state[RUN_KEY]["rejected"]]
+        return [self._groups[i] for i in self.state[RUN_KEY]["rejected"]]
 
     @property
     def redundancy_scores(self) -> Tensor:
@@ -256,83 +206,55 @@ class H2SPG(StepEngine, Optimizer):
         """Progress figures: step, phase, group sparsity, norms of the important and redundant GeZIGs."""
         run = self.state[RUN_KEY]
         redundant = set(run["redundant"] or [])
-        norms = [g.norm() for g in self._gezigs]
+        norms = [g.norm() for g in self._groups]
         return {
             "step": run["step"],
             "phase": self.phase,
             "target_k": self.defaults["k"],
-            "n_gezigs": len(self._gezigs),
+            "n_gezigs": len(self._groups),
             "n_redundant": len(redundant),
             "n_zero_groups": len(run["zero"]),
-            "group_sparsity": len(run["zero"]) / len(self._gezigs),
+            "group_sparsity": len(run["zero"]) / len(self._groups),
             "redundant_norm": math.sqrt(sum(norms[i] ** 2 for i in redundant)),
             "important_norm": math.sqrt(sum(v**2 for i, v in enumerate(norms) if i not in redundant)),
         }
 
-    def _names(self, given: Sequence[str] | None) -> list[str]:
-        if given is not None:
-            given = list(given)
-            if len(given) != len(self._flat_params) or not all(isinstance(n, str) for n in given):
-                raise ValueError(f"param_names must name each of the {len(self._flat_params)} parameters")
-            return given
-        names = {}
-        for j, group in enumerate(self.param_groups):
-            for k, p in enumerate(group["params"]):
-                names[id(p)] = f"param_groups[{j}].params[{k}] {tuple(p.shape)}"
-        for i, pos in enumerate(self._layout.slice_pos):
-            names[id(self._flat_params[pos])] = self._layout.slice_name[i]
-        return [names[id(p)] for p in self._flat_params]
+    # ---------------------------------------------------------------------------------------------- policy
+    def _targets(self, run: dict[str, Any]) -> list[int]:
+        zero = set(run["zero"])
+        return [g for g in run["redundant"] or [] if g not in zero]
 
-    # ------------------------------------------------------------------------------------------- state dict
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Loads a state dict saved by an H2SPG over the same GeZIGs, after checking all of it.
+    def _target_mask(self, run: dict[str, Any]) -> Tensor:
+        return self._mask_of("redundant", run["redundant"]) & ~self._mask_of("zero", run["zero"])
 
-        Load the model's weights first: the zero groups recorded in the state must be zero in them.
+    def _plan(self, run: dict[str, Any], n: int) -> tuple[Tensor | None, bool]:
+        hybrid = n > self.defaults["warmup_steps"]
+        if run["redundant"] is None:  # spec §5.5: scores over all GeZIGs
+            return torch.ones(len(self._groups), dtype=torch.bool), hybrid
+        if not hybrid or self._past_deadline(n) or len(run["zero"]) == len(run["redundant"]):
+            return None, False
+        return self._target_mask(run), True
 
-        Raises:
-            ValueError: naming the first problem (wrong type, GeZIG names, an index out of range, a step that is not
-                a non-negative int, a buffer shaped unlike its parameter, NaN/Inf, a zero list that disagrees with
-                the weights, an invalid redundant set); nothing was loaded.
-        """
-        _checks.check_state_dict(state_dict, self)
-        run = copy.deepcopy(dict(state_dict["state"][RUN_KEY]))
-        for key in ("rejected", "zero", "forced"):
-            run[key] = list(run[key])
-        run["redundant"] = None if run["redundant"] is None else list(run["redundant"])
-        run["gezigs"] = list(run["gezigs"])
-        super().load_state_dict(state_dict)
-        self.state[RUN_KEY] = run
-
-    # ------------------------------------------------------------------------------------------------- step
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Performs one H2SPG step (see the class docstring); returns the closure's loss if one is given.
-
-        Raises:
-            OptimizerError: a gradient holds NaN/Inf (the message names the parameter); nothing has moved. A
-                non-finite parameter value met later in the GeZIG reductions also raises; that step was abandoned
-                part-way, so reload the last checkpoint.
-            ValueError: a param group's option (e.g. ``lr`` set by hand) is out of range or not finite.
-        """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        with torch.no_grad():
-            self._check_before_step()
-            self._step()
-        return loss
-
-    def _check_before_step(self) -> None:
-        """All or nothing: options a scheduler or user may have changed, and every gradient, checked first."""
-        for i, group in enumerate(self.param_groups):
-            check_group_options(group["lr"], group["momentum"], group["dampening"], group["weight_decay"],
-                                tuple(group["betas"]), group["adam_eps"], where=f"param_groups[{i}] ")
-        _checks.check_gradients(self._flat_params, self._labels, self.state[RUN_KEY]["step"])
+    def _decide(self, run: dict[str, Any], n: int, per_group: Tensor | None) -> Decision | None:
+        if per_group is None:
+            return None
+        cfg = self.defaults
+        if run["redundant"] is None:
+            x_sq, xd, d_sq = per_group[:, 0], per_group[:, 1], per_group[:, 2]
+            step = kernels.dhspg_scores(xd, x_sq, d_sq, self._layout.group_numel, weights=cfg["score_weights"])
+            omega = cfg["score_momentum"]
+            run["scores"] = omega * run["scores"] + (1 - omega) * step  # spec §5.5 EMA
+            if n >= cfg["warmup_steps"]:
+                self._select(run)
+        if n <= cfg["warmup_steps"] or self._past_deadline(n):
+            return None
+        targets = self._target_mask(run)
+        return self._halfspace(run, n, per_group, targets) if bool(targets.any()) else None
 
     def _select(self, run: dict[str, Any]) -> None:
         """spec §5.5: the redundant set is chosen once, after warm-up, and then fixed."""
         k = self.defaults["k"]
-        chosen = kernels.greedy_select(run["scores"].tolist(), [g.macs for g in self._gezigs], k, self._is_valid)
+        chosen = kernels.greedy_select(run["scores"].tolist(), [g.macs for g in self._groups], k, self._is_valid)
         run["redundant"] = list(chosen.selected)
         run["rejected"] = list(chosen.rejected)
         if len(chosen.selected) < k:
@@ -340,20 +262,31 @@ class H2SPG(StepEngine, Optimizer):
                 f"H2SPG: only {len(chosen.selected)} of K={k} GeZIGs can be removed while the network stays "
                 "valid; training continues with that redundant set",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
 
-    def _targets(self, run: dict[str, Any]) -> list[int]:
-        zero = set(run["zero"])
-        return [g for g in run["redundant"] or [] if g not in zero]
-
-    def _past_deadline(self, n: int) -> bool:
-        d = self.defaults["hybrid_steps"]
-        return d is not None and n > self.defaults["warmup_steps"] + d
-
-    def _forcing(self, n: int) -> float:
-        d = self.defaults["hybrid_steps"]
-        if d is None:
-            return 1.0
-        window = kernels.forcing_window(d, self.defaults["deadline_window"])
-        return kernels.forcing_factor(n, self.defaults["warmup_steps"] + d, window)
+    def _check_run(self, run: Any) -> None:
+        """The optimizer-level entry of a state dict: types, ranges, agreement with the weights and validity."""
+        where = _checks.check_run_common(run, self, self.RUN_FIELDS, "gezigs")
+        n, names, noun = len(self._groups), [g.name for g in self._groups], self.NOUN
+        _checks.check_scores(where, "scores", run["scores"], n)
+        redundant = None if run["redundant"] is None else _checks.index_list(where, "redundant", run["redundant"],
+                                                                            n, noun)
+        rejected = _checks.index_list(where, "rejected", run["rejected"], n, noun)
+        zero = _checks.index_list(where, "zero", run["zero"], n, noun)
+        forced = _checks.index_list(where, "forced", run["forced"], n, noun)
+        chosen = set(redundant or [])
+        if redundant is not None:
+            k = self.defaults["k"]
+            if len(redundant) > k:
+                raise ValueError(f"{where}['redundant'] holds {len(redundant)} GeZIGs, more than K={k}")
+            if not self._is_valid(frozenset(redundant)):
+                raise ValueError(
+                    f"{where}['redundant'] = {[names[i] for i in redundant]} is not a valid removal (it would "
+                    "disconnect the network); the state dict was edited or belongs to another model"
+                )
+        if chosen & set(rejected):
+            raise ValueError(f"{where}: GeZIGs {sorted(chosen & set(rejected))} are both redundant and rejected")
+        _checks.check_subsets(where, names, [("zero", zero, chosen, "redundant"),
+                                             ("forced", forced, set(zero), "zero")])
+        _checks.check_zero_weights(where, zero, self._groups, noun)

@@ -24,6 +24,7 @@ __all__ = [
     "forcing_window",
     "greedy_select",
     "half_space_mask",
+    "hesso_importance",
     "half_space_project",
     "lambda_rule",
     "lambda_rule_scalar",
@@ -123,6 +124,23 @@ def dhspg_scores_scalar(
             for c, r in zip(cosine, inverse, strict=True)]
 
 
+def hesso_importance(xd: Tensor, x_sq: Tensor, d_sq: Tensor, numel: Tensor,
+                     weights: Sequence[float] = (0.2, 0.2, 0.2, 0.2, 0.2)) -> Tensor:
+    """HESSO importance of the candidate groups (spec §5.2, code M ``importance_score``): larger = more important.
+
+    Proxies ``‖x‖``, ``‖x‖/(n+1e-6)``, ``cos(x,d)+1``, ``|⟨x,d⟩|``, ``½⟨x,d⟩²``, each divided by
+    ``sqrt(Σ_g proxy² + 1e-8) + 1e-8`` over the candidates, mixed with ``weights``.
+    """
+    x_norm, d_norm = x_sq.sqrt(), d_sq.sqrt()
+    proxies = (x_norm, x_norm / (numel + 1e-6), xd / ((x_norm + 1e-8) * (d_norm + 1e-8)) + 1, xd.abs(),
+               0.5 * xd * xd)
+    out = torch.zeros_like(xd)
+    for w, p in zip(weights, proxies, strict=True):
+        if w:
+            out += w * p / ((p * p).sum() + 1e-8).sqrt().add(1e-8)
+    return out
+
+
 def half_space_mask(trial_dot_x: Tensor, x_sq: Tensor, epsilon: float) -> Tensor:
     """Which groups the half-space projection sets to zero (spec §5.3): ``⟨x̃_g, x_g⟩ < ε‖x_g‖²``.
 
@@ -175,7 +193,8 @@ class Selection:
 
 
 def greedy_select(
-    scores: Sequence[float], macs: Sequence[int], k: int, is_valid: Callable[[frozenset[int]], bool]
+    scores: Sequence[float], macs: Sequence[int], k: int, is_valid: Callable[[frozenset[int]], bool] | None,
+    *, given: Sequence[int] = (), eligible: Sequence[int] | None = None,
 ) -> Selection:
     """Greedy hierarchical search of the redundant set (spec §5.5, worked example §3.4).
 
@@ -186,18 +205,24 @@ def greedy_select(
         scores: redundancy score per GeZIG (larger = more redundant).
         macs: multiply-accumulates per GeZIG (tie-break).
         k: how many groups to accept.
-        is_valid: validity of removing the GeZIGs with these indices (spec §3.3).
+        is_valid: validity of removing the GeZIGs with these indices (spec §3.3); None: every set is valid
+            (pruning mode), the top ``k`` are taken at once.
+        given: groups removed already (HESSO's earlier periods): each check is on ``given ∪ accepted ∪ {g}``.
+        eligible: the groups to walk (default: all).
 
     Returns:
         The accepted and the rejected indices (groups never examined are in neither).
     """
-    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), macs[i], i))
+    pool = range(len(scores)) if eligible is None else eligible
+    order = sorted(pool, key=lambda i: (-float(scores[i]), macs[i], i))
+    if is_valid is None:
+        return Selection(tuple(order[:k]), ())
     selected: list[int] = []
     rejected: list[int] = []
     for i in order:
         if len(selected) == k:
             break
-        if is_valid(frozenset(selected + [i])):
+        if is_valid(frozenset([*given, *selected, i])):
             selected.append(i)
         else:
             rejected.append(i)

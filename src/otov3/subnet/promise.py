@@ -15,15 +15,13 @@ from typing import Any
 from otov3.errors import ConstructionError
 from otov3.space import Group
 
-_RUN_KEY = "h2spg"
 
-
-def _deadline_text(defaults: dict[str, Any], step: int) -> tuple[str, str]:
+def _deadline_text(defaults: dict[str, Any], step: int, name: str) -> tuple[str, str]:
     """(when the groups were due, what to do)."""
     warmup, hybrid = defaults["warmup_steps"], defaults["hybrid_steps"]
     if hybrid is None:
-        return ("never: hybrid_steps=None sets no deadline, so H2SPG does not guarantee zeros",
-                "train with a deadline, e.g. oto.h2spg(..., hybrid_steps=N), and run past warmup_steps + N")
+        return (f"never: hybrid_steps=None sets no deadline, so {name} does not guarantee zeros",
+                f"train with a deadline, e.g. oto.{name.lower()}(..., hybrid_steps=N), and run past warmup_steps + N")
     due = warmup + hybrid
     if step < due:
         return (f"by step {due} (warmup_steps={warmup} + hybrid_steps={hybrid}); training stopped at step {step}",
@@ -34,35 +32,45 @@ def _deadline_text(defaults: dict[str, Any], step: int) -> tuple[str, str]:
 
 
 def check_promise(optimizer: Any, gezigs: Sequence[Group], *, allow_partial: bool) -> None:
-    """Refuses (or, with `allow_partial`, warns) when H2SPG's redundant groups are not all exactly zero.
+    """Refuses (or, with `allow_partial`, warns) when the optimizer's redundant groups are not all exactly zero.
+
+    Works for every otov3 optimizer (H2SPG, DHSPG, HESSO): it reads their ``redundant_groups``, ``defaults``
+    (``k``, ``warmup_steps``, ``hybrid_steps``) and the step count in their run state; ``gezigs`` is unused and
+    kept for callers.
 
     Raises:
         ConstructionError: fewer groups are zero than the optimizer promised; the message names them.
     """
-    run = optimizer.state[_RUN_KEY]
+    name = getattr(optimizer, "NAME", type(optimizer).__name__)
+    noun = getattr(optimizer, "NOUN", "group")
+    run = optimizer.state[getattr(optimizer, "RUN_KEY", "h2spg")]
     defaults = optimizer.defaults
-    k, step = defaults["k"], run["step"]
-    due, advice = _deadline_text(defaults, step)
-    if run["redundant"] is None:
+    k, step, warmup, hybrid = defaults["k"], run["step"], defaults["warmup_steps"], defaults["hybrid_steps"]
+    due, advice = _deadline_text(defaults, step, name)
+    redundant = optimizer.redundant_groups
+    if not redundant and step <= warmup:
         message = (
-            f"H2SPG ran {step} step(s) and is still in warm-up (warmup_steps={defaults['warmup_steps']}): no GeZIG "
-            f"was selected for removal, so 0 of the K={k} target groups are zero (due {due}). Construction would "
-            f"return the whole network. To fix: {advice}."
+            f"{name} ran {step} step(s) and is still in warm-up (warmup_steps={warmup}): no {noun} was selected for "
+            f"removal, so 0 of the K={k} target groups are zero (due {due}). Construction would return the whole "
+            f"network. To fix: {advice}."
         )
     else:
-        redundant = [gezigs[i] for i in run["redundant"]]
         pending = [g for g in redundant if not g.is_zero()]
-        if len(redundant) < k:
+        unchosen = k - len(redundant) if hybrid is not None and step < warmup + hybrid else 0  # HESSO's periods
+        if len(redundant) < k and not unchosen:
             warnings.warn(
-                f"H2SPG could select only {len(redundant)} of the K={k} target GeZIGs while the network stays valid; "
-                "the sub-network removes at most those.", UserWarning, stacklevel=4,
+                f"{name} could select only {len(redundant)} of the K={k} target {noun}s while the network stays "
+                "valid; the sub-network removes at most those.", UserWarning, stacklevel=4,
             )
-        if not pending:
+        if not pending and unchosen <= 0:
             return
-        names = ", ".join(f"'{g.name}' (norm {g.norm():.3g})" for g in pending)
+        names = ", ".join(f"'{g.name}' (norm {g.norm():.3g})" for g in pending[:10])
+        names += f" and {len(pending) - 10} more" if len(pending) > 10 else ""
+        later = f"; {unchosen} more of the K={k} are still to be chosen" if unchosen > 0 else ""
         message = (
-            f"Only {len(redundant) - len(pending)} of the {len(redundant)} redundant GeZIGs (target K={k}) are exactly "
-            f"zero after {step} H2SPG step(s); still non-zero: {names}. They were due {due}. To fix: {advice}."
+            f"Only {len(redundant) - len(pending)} of the {len(redundant)} redundant {noun}s (target K={k}) are "
+            f"exactly zero after {step} {name} step(s); still non-zero: {names or 'none'}{later}. They were due "
+            f"{due}. To fix: {advice}."
         )
     if not allow_partial:
         raise ConstructionError(message + " Or pass allow_partial=True to build the sub-network without them.")

@@ -1,0 +1,416 @@
+"""The engine shared by H2SPG, DHSPG and HESSO: base direction, group layout, reductions, row factors, zeros.
+
+A step (spec §5.1–§5.7): the optimizer's policy says which groups it must observe (`_plan`); `_directions`
+computes every parameter's base direction and, for the observed groups' parameters, the per-row reductions
+``‖x‖², ⟨x,d⟩, ‖d‖²`` in the same cache-blocked pass (`_reduce`); the policy turns the per-group sums into a
+`Decision` (`_decide`: scores, selection, λ_g and the half-space test, shrink factors); every row then takes
+``x ← m_g·(a·x − α d)`` with ``a = 1 − α·wd_AdamW − α·c_g`` (``c_g = λ_g/‖x_g‖``), and zero groups stay
+exactly zero with their buffer rows. Everything per group is a ``(G,)`` tensor: no Python loop over groups.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from otov3.errors import OptimizerError
+from otov3.optim import _checks, _layout
+from otov3.optim._base import BUFFER_KEYS, adam_directions, sgd_directions
+from otov3.optim._layout import RowLayout
+from otov3.optim._reduce import adam_finish, adam_pass, fusable, reduce_rest, sgd_finish, sgd_pass
+from otov3.space import Group
+
+# spec §5.1 and §5.4, code `hyperparameter.py`: per-variant defaults of lr, weight decay, λ, η, κ.
+VARIANT_DEFAULTS: dict[str, dict[str, float]] = {
+    "sgd": {"lr": 1e-3, "weight_decay": 0.0, "lam": 1e-3, "eta": 2.0, "kappa": 10.0},
+    "adam": {"lr": 1e-3, "weight_decay": 0.0, "lam": 1e-2, "eta": 20.0, "kappa": 1e3},
+    "adamw": {"lr": 1e-3, "weight_decay": 1e-2, "lam": 1e-2, "eta": 20.0, "kappa": 1e3},
+}
+
+
+def preset(variant: str, lr: float | None, momentum: float, dampening: float, weight_decay: float | None,
+           betas: tuple[float, float], adam_eps: float) -> dict[str, Any]:
+    """The base-direction options with the variant's defaults filled in, checked (ValueError naming them)."""
+    if variant not in VARIANT_DEFAULTS:
+        raise ValueError(f"variant={variant!r} is unknown; choose one of {sorted(VARIANT_DEFAULTS)}")
+    lr = VARIANT_DEFAULTS[variant]["lr"] if lr is None else lr
+    weight_decay = VARIANT_DEFAULTS[variant]["weight_decay"] if weight_decay is None else weight_decay
+    _checks.check_group_options(lr, momentum, dampening, weight_decay, betas, adam_eps, where="")
+    return {"variant": variant, "lr": lr, "momentum": momentum, "dampening": dampening,
+            "weight_decay": weight_decay, "betas": tuple(betas), "adam_eps": adam_eps}
+
+
+def variant_default(variant: str, name: str, value: float | None) -> float:
+    """``value``, or the variant's default of option ``name`` (λ, η, κ: spec §5.4)."""
+    return VARIANT_DEFAULTS[variant][name] if value is None else value
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A policy's verdict for one step, per group: ``c`` (λ_g/‖x_g‖ of the λ step, 0 = none) and ``m`` (row
+    multiplier after the step: 1 plain, 0 projected), and the groups that became zero this step."""
+
+    c: Tensor | None
+    m: Tensor | None
+    zeroed: list[int]
+
+
+class GroupOptimizer(Optimizer):
+    """A `torch.optim.Optimizer` over a partition of groups; subclasses supply the selection/shrink policy.
+
+    Subclass contract: ``NAME``, ``RUN_KEY`` (the optimizer-level entry of ``state``), ``_plan(run, n)`` →
+    ``(observed (G,) bool tensor or None, defer)``, ``_decide(run, n, per_group)`` → `Decision` or None,
+    ``_check_run(run)`` (state-dict checks), ``redundant_groups`` and ``phase``.
+    """
+
+    NAME = "GroupOptimizer"
+    RUN_KEY = "run"
+    NOUN = "group"
+
+    def _setup(self, params: Iterable[Any], groups: Sequence[Group], *, variant: str, lr: float,
+               momentum: float, dampening: float, weight_decay: float, betas: tuple[float, float],
+               adam_eps: float, official_adam_init: bool, param_names: Sequence[str] | None,
+               defaults: dict[str, Any], run: dict[str, Any]) -> None:
+        super().__init__(params, {"lr": lr, "momentum": momentum, "dampening": dampening,
+                                  "weight_decay": weight_decay, "betas": tuple(betas), "adam_eps": adam_eps})
+        for i, group in enumerate(self.param_groups):
+            _checks.check_group_options(group["lr"], group["momentum"], group["dampening"], group["weight_decay"],
+                                        group["betas"], group["adam_eps"], where=f"param_groups[{i}] ")
+        self._flat_params = [p for group in self.param_groups for p in group["params"]]
+        self._layout = RowLayout(groups, self._flat_params, noun=self.NOUN)
+        self._groups = tuple(groups)
+        self._param_names = self._names(param_names)
+        self._labels = [f"{n!r}" + (f" of {self.NOUN} {self._layout.owner[i]!r}" if i in self._layout.owner else "")
+                        for i, n in enumerate(self._param_names)]
+        self._u_buffers: dict[int, Tensor] = {}
+        self._scratch_buffers: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor, Tensor]] = {}
+        self._caches: dict[Any, Any] = {}
+        self._loads = 0
+        self.defaults.update(variant=variant, official_adam_init=official_adam_init, **defaults)
+        self.state[self.RUN_KEY] = run
+        self._constructed = True
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Adds a param group while constructing; afterwards the group layout is fixed, so it refuses."""
+        if getattr(self, "_constructed", False):
+            raise OptimizerError(
+                f"{self.NAME} cannot take new param groups after construction: the {self.NOUN} layout is fixed; "
+                "pass every parameter when creating the optimizer"
+            )
+        super().add_param_group(param_group)
+
+    def _names(self, given: Sequence[str] | None) -> list[str]:
+        if given is not None:
+            given = list(given)
+            if len(given) != len(self._flat_params) or not all(isinstance(n, str) for n in given):
+                raise ValueError(f"param_names must name each of the {len(self._flat_params)} parameters")
+            return given
+        names = [f"param_groups[{j}].params[{k}] {tuple(p.shape)}"
+                 for j, group in enumerate(self.param_groups) for k, p in enumerate(group["params"])]
+        return [self._layout.first_name.get(i, n) for i, n in enumerate(names)]
+
+    # ------------------------------------------------------------------------------------------ introspection
+    @property
+    def zero_groups(self) -> list[Group]:
+        """Groups the optimizer has set to exact zero (and keeps there), in the order they got there."""
+        return [self._groups[i] for i in self.state[self.RUN_KEY]["zero"]]
+
+    @property
+    def deadline(self) -> int | None:
+        """The step after which every redundant group is exactly zero (None: no deadline)."""
+        d = self.defaults["hybrid_steps"]
+        return None if d is None else self.defaults["warmup_steps"] + d
+
+    def _past_deadline(self, n: int) -> bool:
+        return self.deadline is not None and n > self.deadline
+
+    def _mask(self, indices: Iterable[int]) -> Tensor:
+        mask = torch.zeros(len(self._groups), dtype=torch.bool)
+        mask[list(indices)] = True
+        return mask
+
+    # --------------------------------------------------------------------------------------------- state dict
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads a state dict saved by this optimizer over the same groups, after checking all of it.
+
+        Load the model's weights first: the zero groups recorded in the state must be zero in them.
+
+        Raises:
+            ValueError: naming the first problem (wrong type, group names, an index out of range, a step that is
+                not a non-negative int, a buffer shaped unlike its parameter, NaN/Inf, a zero list that disagrees
+                with the weights, an invalid redundant set); nothing was loaded.
+        """
+        _checks.check_state_dict(state_dict, self)
+        run = copy.deepcopy(dict(state_dict["state"][self.RUN_KEY]))
+        for key, value in run.items():
+            if isinstance(value, tuple):
+                run[key] = list(value)
+        super().load_state_dict(state_dict)
+        self.state[self.RUN_KEY] = run
+        self._loads += 1
+
+    # ------------------------------------------------------------------------------------------------- step
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Performs one step (see the class docstring); returns the closure's loss if one is given.
+
+        Raises:
+            OptimizerError: a gradient holds NaN/Inf (the message names the parameter); nothing has moved. A
+                non-finite parameter value met later in the group reductions also raises; that step was
+                abandoned part-way, so reload the last checkpoint.
+            ValueError: a param group's option (e.g. ``lr`` set by hand) is out of range or not finite.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with torch.no_grad():
+            for i, group in enumerate(self.param_groups):
+                _checks.check_group_options(group["lr"], group["momentum"], group["dampening"],
+                                            group["weight_decay"], tuple(group["betas"]), group["adam_eps"],
+                                            where=f"param_groups[{i}] ")
+            _checks.check_gradients(self._flat_params, self._labels, self.state[self.RUN_KEY]["step"], self.NAME)
+            self._step()
+        return loss
+
+    def _step(self) -> None:
+        run = self.state[self.RUN_KEY]
+        n = run["step"] + 1
+        observed, defer = self._plan(run, n)
+        zero_rows, frozen = self._zero_rows(run["zero"])
+        skip = frozen
+        watch = frozenset(self._layout.params_of(observed)) if observed is not None else frozenset()
+        work = self._directions(watch, skip, defer=defer)
+        per_group = self._reduce(work, watch, observed, n) if observed is not None else None
+        decision = self._decide(run, n, per_group)
+        a_rows = m_rows = None
+        if decision is not None or work.deferred:
+            a_rows, m_rows = self._row_factors(decision, work)
+            if decision is not None and decision.c is not None:
+                self._scale(work, a_rows, decay=True)  # λ step of foreach-held rows, before their plain step
+        for apply in work.updates:
+            apply()
+        for pos, finish in work.deferred:
+            rows, dtype = self._layout.rows[pos], self._flat_params[pos].dtype
+            at = slice(rows.offset, rows.offset + rows.n)
+            finish(a=a_rows[at].to(dtype), m=m_rows[at].to(dtype))
+        if decision is not None and decision.m is not None:
+            self._scale(work, m_rows, decay=False)
+        if decision is not None:
+            for g in decision.zeroed:
+                run["zero"].append(g)
+                for buffer in self._groups[g].reset_buffers:  # spec §6.2: non-affine norm running means
+                    buffer.zero_()
+            if decision.zeroed:
+                zero_rows, now_frozen = self._zero_rows(run["zero"])
+                frozen = now_frozen - frozen  # made entirely zero by this step: zero their buffers once
+        self._keep_zero(zero_rows, frozen if decision is not None and decision.zeroed else frozenset())
+        self._u_buffers = work.u_buffers
+        run["step"] = n
+
+    def _directions(self, watch: frozenset[int], frozen: frozenset[int], *, defer: bool) -> _StepWork:
+        """Base directions of every param group (spec §5.1); foreach updates are returned, not yet applied."""
+        variant, lay = self.defaults["variant"], self._layout
+        work = _StepWork(len(self._flat_params))
+        pos = 0
+        for group in self.param_groups:
+            params, grads, states, want, positions = [], [], [], [], []
+            lr, momentum, dampening, wd = group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
+            for p in group["params"]:
+                work.lr_of[pos] = lr
+                work.decay_of[pos] = lr * wd if variant == "adamw" else 0.0
+                g = p.grad
+                if g is None or pos in frozen:
+                    if pos in watch:
+                        work.rest.append((pos, p, torch.zeros_like(p)))
+                    pos += 1
+                    continue
+                if g.is_sparse:
+                    raise OptimizerError(f"{self.NAME} does not support sparse gradients")
+                state, rows = self.state[p], lay.rows.get(pos)
+                hold, sink = defer and pos in watch, work.sink if pos in watch else None
+                if variant == "sgd" and fusable(p, g, rows, *((state.get("momentum_buffer"),) if momentum else ())):
+                    buf = state.get("momentum_buffer") if momentum else None
+                    if sink is not None:
+                        work.sink_rows.append(pos)
+                    sgd_pass(p, g, buf, lay.pieces(pos), sink, self._scratch(p), momentum=momentum,
+                             dampening=dampening, weight_decay=wd, lr=lr, update_x=not hold)
+                    if hold:  # d = b, or without momentum d = ∇f + wd·x (∇f stays as it is)
+                        work.defer(pos, partial(sgd_finish, p, g if buf is None else buf, lay.pieces(pos), lr=lr,
+                                                x_in_d=wd if buf is None else 0.0))
+                elif variant != "sgd" and fusable(p, g, rows, state.get("exp_avg"), state.get("exp_avg_sq")):
+                    state["step"] += 1
+                    beta1, beta2 = group["betas"]
+                    if sink is not None:
+                        work.sink_rows.append(pos)
+                    keep = None
+                    if hold:  # u waits for the decision in a buffer reused across steps
+                        keep = self._u_buffers.get(pos)
+                        keep = torch.empty_like(p) if keep is None or keep.shape != p.shape else keep
+                        work.u_buffers[pos] = keep
+                    sigma = adam_pass(p, g, state["exp_avg"], state["exp_avg_sq"], lay.pieces(pos), sink,
+                                      self._scratch(p), betas=group["betas"], eps=group["adam_eps"], lr=lr,
+                                      weight_decay=wd, decoupled=variant == "adamw", bias1=1 - beta1 ** state["step"],
+                                      bias2_sqrt=math.sqrt(1 - beta2 ** state["step"]), keep=keep)
+                    work.scale[pos] = sigma
+                    if keep is not None:
+                        work.defer(pos, partial(adam_finish, p, keep, lay.pieces(pos), lr=lr, sigma=sigma))
+                else:
+                    params.append(p)
+                    grads.append(g)
+                    states.append(state)
+                    want.append(pos in watch)
+                    positions.append(pos)
+                    work.foreach.add(pos)
+                pos += 1
+            if not params:
+                continue
+            if variant == "sgd":
+                out = sgd_directions(params, grads, states, want, lr=lr, momentum=momentum, dampening=dampening,
+                                     weight_decay=wd)
+            else:
+                out = adam_directions(params, grads, states, want, lr=lr, betas=group["betas"],
+                                      eps=group["adam_eps"], weight_decay=wd, decoupled=variant == "adamw",
+                                      official_init=self.defaults["official_adam_init"])
+            for i, p, d, sc in zip(positions, params, out.wanted, out.scale, strict=True):
+                work.scale[i] = sc
+                if d is not None:
+                    work.rest.append((i, p, d))
+            work.updates.append(out.apply)
+        return work
+
+    def _reduce(self, work: _StepWork, watch: frozenset[int], observed: Tensor, n: int) -> Tensor:
+        """``(G, 6)`` float64 per-group sums of ``‖x‖², ⟨x,d⟩, ‖d‖², (1−α·wd)‖x‖², α‖x‖², α⟨x,d⟩``."""
+        lay = self._layout
+        out = torch.zeros(lay.n_rows, 3, dtype=torch.float64)
+        if work.sink:
+            key = ("sink", tuple(work.sink_rows))
+            if key not in self._caches:
+                self._caches[key] = torch.cat([lay.piece_rows(pos) for pos in work.sink_rows])
+            out.index_add_(0, self._caches[key], torch.cat(work.sink).double())
+        reduce_rest(out, [(lay.rows[pos], x, d) for pos, x, d in work.rest], self._caches)
+        alpha = torch.tensor(work.lr_of, dtype=torch.float64)[lay.row_param]
+        keep = 1 - torch.tensor(work.decay_of, dtype=torch.float64)[lay.row_param]
+        if self.defaults["variant"] != "sgd":  # d = σ·u, u reduced
+            sigma = torch.tensor(work.scale, dtype=torch.float64)[lay.row_param]
+            out[:, 1] *= sigma
+            out[:, 2] *= sigma * sigma
+        x_sq, xd = out[:, 0], out[:, 1]
+        cols = torch.stack((x_sq, xd, out[:, 2], keep * x_sq, alpha * x_sq, alpha * xd), dim=1)
+        per_group = torch.zeros(lay.n_groups + 1, 6, dtype=torch.float64).index_add_(0, lay.row_group, cols)
+        per_group = per_group[:-1]
+        bad = observed & ~torch.isfinite(per_group[:, :3]).all(dim=1)
+        if bool(bad.any()):
+            rows = (bad[lay.row_group.clamp(max=lay.n_groups - 1)] & (lay.row_group < lay.n_groups)
+                    & ~torch.isfinite(out).all(dim=1)).nonzero().flatten()
+            r = int(rows[0]) if rows.numel() else int(bad.nonzero()[0])
+            pos, g = int(lay.row_param[r]), int(lay.row_group[r])
+            raise OptimizerError(
+                f"non-finite gradient (or value) in parameter {self._param_names[pos]!r} of {self.NOUN} "
+                f"{self._groups[g].name!r} at step {n}; {self.NAME} did not select or project any group. Lower the "
+                "learning rate or skip such steps (e.g. torch.amp.GradScaler), and reload the last checkpoint: "
+                "this step was abandoned"
+            )
+        return per_group
+
+    def _row_factors(self, decision: Decision | None, work: _StepWork) -> tuple[Tensor, Tensor]:
+        """Per-row ``a = 1 − α·wd_AdamW − α·c_g`` and ``m = m_g`` from the per-group decision."""
+        lay = self._layout
+        ext = torch.zeros(lay.n_groups + 1, dtype=torch.float64)
+        c = ext if decision is None or decision.c is None else torch.cat((decision.c, ext[:1]))
+        m = ext + 1 if decision is None or decision.m is None else torch.cat((decision.m, ext[:1] + 1))
+        alpha = torch.tensor(work.lr_of, dtype=torch.float64)[lay.row_param]
+        decay = torch.tensor(work.decay_of, dtype=torch.float64)[lay.row_param]
+        work.c_rows = c[lay.row_group]
+        work.pre_rows = 1 - alpha * work.c_rows / (1 - decay)
+        return 1 - decay - alpha * work.c_rows, m[lay.row_group]
+
+    def _scale(self, work: _StepWork, factors: Tensor, *, decay: bool) -> None:
+        """Multiplies rows whose factor is not 1 by it, outside the deferred parameters: before the foreach
+        step by ``1 − α c/(1 − α·wd)`` (``decay``: the λ step), or after any step by ``m``."""
+        lay = self._layout
+        f = work.pre_rows if decay else factors
+        hit = (work.c_rows != 0) if decay else (factors != 1)
+        for pos in sorted(set(lay.row_param[hit].tolist())):
+            if pos in work.deferred_pos or (decay and pos not in work.foreach):
+                continue
+            rows, p = lay.rows[pos], self._flat_params[pos]
+            local = f[rows.offset:rows.offset + rows.n]
+            mask = hit[rows.offset:rows.offset + rows.n]
+            if rows.dim is None or 2 * int(mask.sum()) >= rows.n:
+                p.mul_(local.to(p.dtype).view(rows.shape_for(p)))
+            else:
+                idx = mask.nonzero().flatten()
+                shape = rows.shape_for(p)
+                shape[rows.dim] = idx.numel()
+                p.index_copy_(rows.dim, idx, p.index_select(rows.dim, idx).mul_(local[idx].to(p.dtype).view(shape)))
+
+    def _zero_rows(self, zero: list[int]) -> tuple[dict[int, Tensor], frozenset[int]]:
+        """Per parameter, the rows in zero groups; and the parameters made entirely of zero groups."""
+        key = ("zero", self._loads, len(zero))
+        if key not in self._caches:
+            lay = self._layout
+            dead = torch.cat((self._mask(zero), torch.zeros(1, dtype=torch.bool)))
+            rows_of, frozen = {}, set()
+            if zero:
+                for pos, rows in lay.rows.items():
+                    hit = dead[rows.group]
+                    if bool(hit.all()):
+                        frozen.add(pos)
+                    elif bool(hit.any()):
+                        rows_of[pos] = hit.nonzero().flatten()
+            self._caches = {k: v for k, v in self._caches.items() if k[0] != "zero"}
+            self._caches[key] = (rows_of, frozenset(frozen))
+        return self._caches[key]
+
+    def _keep_zero(self, zero_rows: dict[int, Tensor], frozen: frozenset[int]) -> None:
+        """Zero groups stay exactly 0, and so do their momentum / moment buffer rows (spec §5.5, §5.7).
+
+        ``frozen``: parameters that this step's projection made entirely zero (later steps skip them)."""
+        for pos, idx in zero_rows.items():
+            p, rows = self._flat_params[pos], self._layout.rows[pos]
+            state = self.state.get(p) or {}
+            for t in (p, *(state[k] for k in BUFFER_KEYS if k in state)):
+                t.index_fill_(rows.dim, idx, 0)
+        for pos in frozen:
+            p = self._flat_params[pos]
+            state = self.state.get(p) or {}
+            for t in (p, *(state[k] for k in BUFFER_KEYS if k in state)):
+                t.zero_()
+
+    def _scratch(self, p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Three chunk-sized work buffers per dtype/device for the passes (not state: nothing to save)."""
+        key = (p.dtype, p.device)
+        if key not in self._scratch_buffers:
+            self._scratch_buffers[key] = tuple(p.new_empty(_layout.CHUNK) for _ in range(3))
+        return self._scratch_buffers[key]
+
+
+class _StepWork:
+    """What one step has computed so far: directions, pending updates, chunk reductions."""
+
+    def __init__(self, n_params: int) -> None:
+        self.scale = [1.0] * n_params  # d = scale·u for the reduced u
+        self.lr_of = [0.0] * n_params
+        self.decay_of = [0.0] * n_params  # α·wd of AdamW's decoupled decay
+        self.updates: list[Callable[[], None]] = []  # plain foreach steps, applied after the decision
+        self.rest: list[tuple[int, Tensor, Tensor]] = []  # (pos, x, u) of watched foreach parameters
+        self.sink: list[Tensor] = []  # chunk reductions of the cache-blocked passes
+        self.sink_rows: list[int] = []  # the parameters that filled `sink`, in order
+        self.foreach: set[int] = set()
+        self.deferred: list[tuple[int, Callable[..., None]]] = []  # updates waiting for the row factors
+        self.deferred_pos: set[int] = set()
+        self.u_buffers: dict[int, Tensor] = {}  # Adam directions of the deferred parameters
+        self.c_rows: Tensor | None = None
+        self.pre_rows: Tensor | None = None
+
+    def defer(self, pos: int, finish: Callable[..., None]) -> None:
+        self.deferred_pos.add(pos)
+        self.deferred.append((pos, finish))
