@@ -185,9 +185,12 @@ class GroupOptimizer(Optimizer):
         n = run["step"] + 1
         observed, defer = self._plan(run, n)
         zero_rows, frozen = self._zero_rows(run["zero"])
-        skip = frozen
+        for pos, idx in zero_rows.items():  # zero rows get no gradient, so they and their buffers stay 0
+            grad = self._flat_params[pos].grad
+            if grad is not None:
+                grad.index_fill_(self._layout.rows[pos].dim, idx, 0)
         watch = frozenset(self._layout.params_of(observed)) if observed is not None else frozenset()
-        work = self._directions(watch, skip, defer=defer)
+        work = self._directions(watch, frozen, defer=defer)
         per_group = self._reduce(work, watch, observed, n) if observed is not None else None
         decision = self._decide(run, n, per_group)
         a_rows = m_rows = None
@@ -203,15 +206,13 @@ class GroupOptimizer(Optimizer):
             finish(a=a_rows[at].to(dtype), m=m_rows[at].to(dtype))
         if decision is not None and decision.m is not None:
             self._scale(work, m_rows, decay=False)
-        if decision is not None:
+        if decision is not None and decision.zeroed:
             for g in decision.zeroed:
                 run["zero"].append(g)
                 for buffer in self._groups[g].reset_buffers:  # spec §6.2: non-affine norm running means
                     buffer.zero_()
-            if decision.zeroed:
-                zero_rows, now_frozen = self._zero_rows(run["zero"])
-                frozen = now_frozen - frozen  # made entirely zero by this step: zero their buffers once
-        self._keep_zero(zero_rows, frozen if decision is not None and decision.zeroed else frozenset())
+            zero_rows, now_frozen = self._zero_rows(run["zero"])
+            self._fill_zero(zero_rows, now_frozen - frozen)
         self._u_buffers = work.u_buffers
         run["step"] = n
 
@@ -290,27 +291,48 @@ class GroupOptimizer(Optimizer):
         """``(G, 6)`` float64 per-group sums of ``‖x‖², ⟨x,d⟩, ‖d‖², (1−α·wd)‖x‖², α‖x‖², α⟨x,d⟩``."""
         lay = self._layout
         out = torch.zeros(lay.n_rows, 3, dtype=torch.float64)
-        if work.sink:
+        if work.sink_rows:
             key = ("sink", tuple(work.sink_rows))
             if key not in self._caches:
-                self._caches[key] = torch.cat([lay.piece_rows(pos) for pos in work.sink_rows])
-            out.index_add_(0, self._caches[key], torch.cat(work.sink).double())
+                rows = [lay.piece_rows(pos) for pos in work.sink_rows]
+                self._caches[key] = (torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows]))
+            single, block = self._caches[key]
+            if work.sink[0]:
+                out.index_add_(0, single, torch.stack(work.sink[0]).view(-1, 3).double())
+            if work.sink[1]:
+                out.index_add_(0, block, torch.cat(work.sink[1]).double())
         reduce_rest(out, [(lay.rows[pos], x, d) for pos, x, d in work.rest], self._caches)
-        alpha = torch.tensor(work.lr_of, dtype=torch.float64)[lay.row_param]
-        keep = 1 - torch.tensor(work.decay_of, dtype=torch.float64)[lay.row_param]
+        alpha, keep = self._rows_of(work.lr_of, work.decay_of)
         if self.defaults["variant"] != "sgd":  # d = σ·u, u reduced
             sigma = torch.tensor(work.scale, dtype=torch.float64)[lay.row_param]
             out[:, 1] *= sigma
             out[:, 2] *= sigma * sigma
+        if not math.isfinite(float(out.sum())):
+            self._refuse(out, observed, n)
         x_sq, xd = out[:, 0], out[:, 1]
         cols = torch.stack((x_sq, xd, out[:, 2], keep * x_sq, alpha * x_sq, alpha * xd), dim=1)
         per_group = torch.zeros(lay.n_groups + 1, 6, dtype=torch.float64).index_add_(0, lay.row_group, cols)
-        per_group = per_group[:-1]
-        bad = observed & ~torch.isfinite(per_group[:, :3]).all(dim=1)
-        if bool(bad.any()):
-            rows = (bad[lay.row_group.clamp(max=lay.n_groups - 1)] & (lay.row_group < lay.n_groups)
-                    & ~torch.isfinite(out).all(dim=1)).nonzero().flatten()
-            r = int(rows[0]) if rows.numel() else int(bad.nonzero()[0])
+        return per_group[:-1]
+
+    def _rows_of(self, lr_of: list[float], decay_of: list[float]) -> tuple[Tensor, Tensor]:
+        """Per row: ``α`` and ``1 − α·wd_AdamW`` of its parameter (cached while the options stay the same)."""
+        key = ("rows", tuple(lr_of), tuple(decay_of))
+        if key not in self._caches:
+            self._caches = {k: v for k, v in self._caches.items() if k[0] != "rows"}
+            lay = self._layout
+            self._caches[key] = (torch.tensor(lr_of, dtype=torch.float64)[lay.row_param],
+                                 1 - torch.tensor(decay_of, dtype=torch.float64)[lay.row_param])
+        return self._caches[key]
+
+    def _refuse(self, out: Tensor, observed: Tensor, n: int) -> None:
+        """A reduction is NaN/Inf: names the parameter and group of the first such row, and raises."""
+        lay = self._layout
+        owned = lay.row_group < lay.n_groups
+        bad_rows = owned & ~torch.isfinite(out).all(dim=1)
+        watched = bad_rows & torch.cat((observed, torch.zeros(1, dtype=torch.bool)))[lay.row_group]
+        rows = (watched if bool(watched.any()) else bad_rows).nonzero().flatten()
+        if rows.numel():
+            r = int(rows[0])
             pos, g = int(lay.row_param[r]), int(lay.row_group[r])
             raise OptimizerError(
                 f"non-finite gradient (or value) in parameter {self._param_names[pos]!r} of {self.NOUN} "
@@ -318,7 +340,6 @@ class GroupOptimizer(Optimizer):
                 "learning rate or skip such steps (e.g. torch.amp.GradScaler), and reload the last checkpoint: "
                 "this step was abandoned"
             )
-        return per_group
 
     def _row_factors(self, decision: Decision | None, work: _StepWork) -> tuple[Tensor, Tensor]:
         """Per-row ``a = 1 − α·wd_AdamW − α·c_g`` and ``m = m_g`` from the per-group decision."""
@@ -326,11 +347,10 @@ class GroupOptimizer(Optimizer):
         ext = torch.zeros(lay.n_groups + 1, dtype=torch.float64)
         c = ext if decision is None or decision.c is None else torch.cat((decision.c, ext[:1]))
         m = ext + 1 if decision is None or decision.m is None else torch.cat((decision.m, ext[:1] + 1))
-        alpha = torch.tensor(work.lr_of, dtype=torch.float64)[lay.row_param]
-        decay = torch.tensor(work.decay_of, dtype=torch.float64)[lay.row_param]
+        alpha, keep = self._rows_of(work.lr_of, work.decay_of)
         work.c_rows = c[lay.row_group]
-        work.pre_rows = 1 - alpha * work.c_rows / (1 - decay)
-        return 1 - decay - alpha * work.c_rows, m[lay.row_group]
+        work.pre_rows = 1 - alpha * work.c_rows / keep
+        return keep - alpha * work.c_rows, m[lay.row_group]
 
     def _scale(self, work: _StepWork, factors: Tensor, *, decay: bool) -> None:
         """Multiplies rows whose factor is not 1 by it, outside the deferred parameters: before the foreach
@@ -370,10 +390,10 @@ class GroupOptimizer(Optimizer):
             self._caches[key] = (rows_of, frozenset(frozen))
         return self._caches[key]
 
-    def _keep_zero(self, zero_rows: dict[int, Tensor], frozen: frozenset[int]) -> None:
-        """Zero groups stay exactly 0, and so do their momentum / moment buffer rows (spec §5.5, §5.7).
-
-        ``frozen``: parameters that this step's projection made entirely zero (later steps skip them)."""
+    def _fill_zero(self, zero_rows: dict[int, Tensor], frozen: frozenset[int]) -> None:
+        """When groups become zero: their rows, and their momentum / moment buffer rows, are set to exact 0
+        (spec §5.5, §5.7); from then on their gradient rows are zeroed before each step, so nothing moves them.
+        ``frozen``: parameters now made entirely of zero groups (later steps skip them)."""
         for pos, idx in zero_rows.items():
             p, rows = self._flat_params[pos], self._layout.rows[pos]
             state = self.state.get(p) or {}
@@ -402,7 +422,7 @@ class _StepWork:
         self.decay_of = [0.0] * n_params  # α·wd of AdamW's decoupled decay
         self.updates: list[Callable[[], None]] = []  # plain foreach steps, applied after the decision
         self.rest: list[tuple[int, Tensor, Tensor]] = []  # (pos, x, u) of watched foreach parameters
-        self.sink: list[Tensor] = []  # chunk reductions of the cache-blocked passes
+        self.sink: tuple[list[Tensor], list[Tensor]] = ([], [])  # chunk reductions of the cache-blocked passes
         self.sink_rows: list[int] = []  # the parameters that filled `sink`, in order
         self.foreach: set[int] = set()
         self.deferred: list[tuple[int, Callable[..., None]]] = []  # updates waiting for the row factors

@@ -130,7 +130,7 @@ class RowLayout:
         self.row_size = torch.tensor([self.numel[r.pos] // r.n for r in self.rows.values() for _ in range(r.n)],
                                      dtype=torch.float64) if self.rows else torch.zeros(0, dtype=torch.float64)
         self._pieces: dict[int, tuple[Piece, ...]] = {}
-        self._piece_rows: dict[int, Tensor] = {}
+        self._piece_rows: dict[int, tuple[Tensor, Tensor]] = {}
 
     def params_of(self, mask: Tensor) -> list[int]:
         """Positions of the parameters holding a row of a group in ``mask`` (a ``(G,)`` bool tensor)."""
@@ -146,12 +146,16 @@ class RowLayout:
         return self._pieces[pos]
 
 
-    def piece_rows(self, pos: int) -> Tensor:
-        """Global row of each reduction a cache-blocked pass of ``pos`` emits (owned pieces, in order)."""
+    def piece_rows(self, pos: int) -> tuple[Tensor, Tensor]:
+        """Global rows of the reductions a cache-blocked pass of ``pos`` emits: of its one-row pieces (three dots
+        each) and of its multi-row blocks, owned pieces only, in order."""
         if pos not in self._piece_rows:
             off = self.rows[pos].offset
-            ids = [r for p in self.pieces(pos) if p.owned for r in range(p.r0, p.r1)]
-            self._piece_rows[pos] = torch.tensor(ids, dtype=torch.long) + off
+            owned = [p for p in self.pieces(pos) if p.owned]
+            single = [p.r0 for p in owned if p.r1 - p.r0 == 1]
+            block = [r for p in owned if p.r1 - p.r0 > 1 for r in range(p.r0, p.r1)]
+            self._piece_rows[pos] = (torch.tensor(single, dtype=torch.long) + off,
+                                     torch.tensor(block, dtype=torch.long) + off)
         return self._piece_rows[pos]
 
 

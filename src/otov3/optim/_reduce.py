@@ -34,26 +34,29 @@ def fusable(x: Tensor, g: Tensor, rows: Rows | None, *buffers: Tensor | None) ->
     )
 
 
-def _reduce_piece(xc: Tensor, dc: Tensor, p: Piece, scratch: Tensor, sink: list[Tensor]) -> None:
-    if p.partial:
-        sink.append(torch.stack((torch.dot(xc, xc), torch.dot(xc, dc), torch.dot(dc, dc))).view(1, 3))
-        return
+Sink = tuple[list[Tensor], list[Tensor]]  # (three 0-d dots per one-row piece, one (rows, 3) tensor per block)
+
+
+def _reduce_piece(xc: Tensor, dc: Tensor, p: Piece, scratch: Tensor, sink: Sink) -> None:
     n = p.r1 - p.r0
+    if n == 1:  # part of a row, or a single row: three BLAS dots, stacked once per step by the engine
+        sink[0].extend((torch.dot(xc, xc), torch.dot(xc, dc), torch.dot(dc, dc)))
+        return
     xv, dv, s = xc.view(n, -1), dc.view(n, -1), scratch[: xc.numel()].view(n, -1)
-    sink.append(torch.stack((torch.mul(xv, xv, out=s).sum(1), torch.mul(xv, dv, out=s).sum(1),
-                             torch.mul(dv, dv, out=s).sum(1)), dim=1))
+    sink[1].append(torch.stack((torch.mul(xv, xv, out=s).sum(1), torch.mul(xv, dv, out=s).sum(1),
+                                torch.mul(dv, dv, out=s).sum(1)), dim=1))
 
 
 def sgd_pass(
-    x: Tensor, g: Tensor, b: Tensor | None, pieces: Sequence[Piece], sink: list[Tensor] | None,
+    x: Tensor, g: Tensor, b: Tensor | None, pieces: Sequence[Piece], sink: Sink | None,
     scratch: tuple[Tensor, Tensor, Tensor], *, momentum: float, dampening: float, weight_decay: float, lr: float,
     update_x: bool,
 ) -> None:
     """One SGD pass over a parameter, chunk by chunk, with the row reductions the groups need.
 
     With momentum ``d = b ← μb + (1−τ)(∇f + wd·x)``; without (``b`` None) ``d = ∇f + wd·x`` is formed in a
-    chunk-sized scratch (or is ``∇f`` itself). An owned piece appends its ``(rows, 3)`` reductions to ``sink``
-    (when given); then, if ``update_x``, ``x ← x − αd``. The reductions see ``x`` before its update.
+    chunk-sized scratch (or is ``∇f`` itself). An owned piece appends its reductions to ``sink`` (when
+    given); then, if ``update_x``, ``x ← x − αd``. The reductions see ``x`` before its update.
     """
     xf, gf = x.view(-1), g.view(-1)
     bf = None if b is None else b.view(-1)
@@ -76,7 +79,7 @@ def sgd_pass(
 
 
 def adam_pass(
-    x: Tensor, g: Tensor, m: Tensor, v: Tensor, pieces: Sequence[Piece], sink: list[Tensor] | None,
+    x: Tensor, g: Tensor, m: Tensor, v: Tensor, pieces: Sequence[Piece], sink: Sink | None,
     scratch: tuple[Tensor, Tensor, Tensor], *, betas: tuple[float, float], eps: float, lr: float, weight_decay: float,
     decoupled: bool, bias1: float, bias2_sqrt: float, keep: Tensor | None,
 ) -> float:

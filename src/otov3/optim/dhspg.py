@@ -167,9 +167,10 @@ class DHSPG(HalfSpaceOptimizer):
         k = self.defaults["k"]
         if len(run["zero"]) >= k or self._past_deadline(n) or n <= self.defaults["warmup_steps"]:
             return torch.zeros(len(self._groups), dtype=torch.bool)
-        pool = self._promised(run) if self._in_window(n) else run["candidates"]
-        key = ("targets", self._loads, len(run["zero"]), self._in_window(n))
+        window = self._in_window(n)
+        key = ("targets", self._loads, len(run["zero"]), window)
         if key not in self._caches:
+            pool = self._promised(run) if window else run["candidates"]
             self._caches = {k_: v for k_, v in self._caches.items() if k_[0] != "targets"}
             self._caches[key] = self._mask(pool) & ~self._mask(run["zero"])
         return self._caches[key]
