@@ -722,3 +722,32 @@ def test_unknown_ops_become_unknown_with_a_reason_and_never_form_a_gezig():
     reasons = {g.name: g.reason for g in oto.complementary}
     assert "'weird'" in reasons["a"] and "'erf'" in reasons["b"]
     assert "no op that outputs zero" in reasons["weird"]
+
+
+def test_dead_by_products_of_a_structure_go_with_it_even_through_their_own_joint():
+    """Attention with a rotary-style Add on the query: zeroing the value zeroes the sublayer, and everything
+    that only fed it (query, key, their Add, the pre-norm) goes with it; the residual stream stays."""
+    absorbing = OpTraits(VertexKind.MERGE, absorbing=(0, 1), reason="multiplies activations")
+    no_bias = OpTraits(VertexKind.STEM, zeroing=True, zero_preserving=True, channel=ChannelRule.CONSUME)
+    trace = graph(
+        V("stem", CONV),
+        V("x", RELU, "stem"),
+        V("ln", bn_traits("ln"), "x"),
+        V("q", CONV, "ln"),
+        V("k", CONV, "ln"),
+        V("v", no_bias, "ln"),
+        V("qa", RELU, "q"),
+        V("qb", RELU, "q"),
+        V("rot", ADD, "qa", "qb"),
+        V("scores", absorbing, "rot", "k"),
+        V("soft", SIGMOID, "scores"),
+        V("mix", absorbing, "soft", "v"),
+        V("o", no_bias, "mix"),
+        V("add", ADD, "x", "o"),
+        V("head", CONV, "add", ch=2),
+        outputs=("head",),
+    )
+    _, groups = analyse(trace)
+    (sublayer,) = [g for g in groups.values() if g.is_gezig]
+    assert {"ln", "q", "k", "v", "rot", "o"} <= set(sublayer.vertices), sublayer.vertices
+    assert "x" not in sublayer.vertices and "add" not in sublayer.vertices

@@ -60,17 +60,23 @@ def op_name(node: torch.fx.Node, module: nn.Module | None) -> str:
 
 
 def _side_params(
-    gm: torch.fx.GraphModule, node: torch.fx.Node, data: set[str]
+    gm: torch.fx.GraphModule, node: torch.fx.Node, data: set[str], values: dict[str, Any]
 ) -> tuple[list[torch.nn.Parameter], bool]:
-    """Parameters an op reads through non-data operands (get_attr, possibly behind views or casts).
+    """Parameters an op reads through non-data operands (get_attr, possibly behind views or casts), in
+    argument order.
 
     Returns the parameters and whether the side chain maps zero parameters to zero operands (views, reshapes,
-    casts, scaling do; `exp` does not), i.e. whether zeroing them zeroes those operands.
+    casts, scaling do; `exp` does not), i.e. whether zeroing them zeroes those operands. Shape arithmetic
+    (`x.size(0)`, symbolic sizes) carries no parameter values and is skipped.
     """
     found: list[torch.nn.Parameter] = []
     preserving = True
     seen: set[str] = set()
-    stack = [i for i in node.all_input_nodes if i.name not in data and i.op != "placeholder"]
+
+    def side_inputs(n: torch.fx.Node) -> list[torch.fx.Node]:
+        return [i for i in reversed(n.all_input_nodes) if i.name not in data and i.op != "placeholder"]
+
+    stack = side_inputs(node)
     while stack:
         n = stack.pop()
         if n.name in seen:
@@ -81,6 +87,8 @@ def _side_params(
             if attr is not None:
                 found.append(attr)
             continue
+        if n.name in values and not isinstance(values[n.name], torch.Tensor):
+            continue  # sizes and other non-tensor values
         if n.op in ("call_function", "call_method", "call_module"):
             module = gm.get_submodule(n.target) if n.op == "call_module" else None
             handler = lookup(n, module)
@@ -90,7 +98,7 @@ def _side_params(
                 traits = None
             if traits is None or not traits.zero_preserving:
                 preserving = False
-            stack.extend(i for i in n.all_input_nodes if i.name not in data and i.op != "placeholder")
+            stack.extend(side_inputs(n))
     return found, preserving
 
 
@@ -146,7 +154,7 @@ def build_trace_graph(cap: Captured, model: nn.Module) -> TraceGraph:
         occurrences = _node_occurrences(node)
         data_inputs = [i for i in occurrences if i.name in data or i.op == "placeholder"]
         is_data = {i.name for i in data_inputs}
-        side, side_preserving = _side_params(gm, node, data)
+        side, side_preserving = _side_params(gm, node, data, values)
         side_trainable = [p for p in side if p.requires_grad and id(p) in canon]
         ctx = OpContext(
             node=node,

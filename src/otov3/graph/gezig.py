@@ -134,11 +134,15 @@ def _propagate(
                     heapq.heappush(heap, (order[w], w))
 
 
-def _dead(trace: TraceGraph, order: dict[str, int], zero: set[str], live: set[str]) -> set[str]:
+def _dead(
+    trace: TraceGraph, order: dict[str, int], zero: set[str], live: set[str], barrier: set[str] | None
+) -> set[str]:
     """Live vertices whose every consumer is zero or dead: a gate's producers, a norm in front of the structure.
 
-    Visited backwards from the zero vertices in reverse topological order. Erasable joints are never taken:
-    upstream of a joint lie other removal structures (DARTS edges into a node).
+    Visited backwards from the zero vertices in reverse topological order. An erasable joint is taken only when
+    `barrier` is given and none of its inputs lies in it: `barrier` holds the removal structures of other seeds
+    (DARTS edges into a node stay their own GeZIGs), while the Add of a rotary embedding, fed only by products of
+    the query, goes with the attention sublayer.
     """
     dead: set[str] = set()
     heap = [(-order[p], p) for v in zero for p in trace.predecessors(v) if p in order]
@@ -146,7 +150,10 @@ def _dead(trace: TraceGraph, order: dict[str, int], zero: set[str], live: set[st
     seen: set[str] = set()
     while heap:
         _, name = heapq.heappop(heap)
-        if name in seen or name in zero or name not in live or trace.vertices[name].traits.joint is not None:
+        if name in seen or name in zero or name not in live:
+            continue
+        vert = trace.vertices[name]
+        if vert.traits.joint is not None and (barrier is None or any(i in barrier for i in vert.inputs)):
             continue
         seen.add(name)
         consumers = [w for w in trace.successors(name) if w == OUT or w in live]
@@ -156,6 +163,23 @@ def _dead(trace: TraceGraph, order: dict[str, int], zero: set[str], live: set[st
                 if p in order:
                     heapq.heappush(heap, (-order[p], p))
     return dead
+
+
+def _dead_joints_closed(
+    trace: TraceGraph, order: dict[str, int], own: set[str], live: set[str], barrier: set[str] | None
+) -> set[str]:
+    """`_dead`, keeping a joint only when all its inputs are dead too: a joint that merely combines this
+    structure's own by-products (the rotary Add of q) goes with it, a joint with an input from elsewhere stays."""
+    if barrier is None:
+        return _dead(trace, order, own, live, None)
+    blocked = barrier - own
+    while True:
+        dead = _dead(trace, order, own, live, blocked)
+        partial = {v for v in dead if trace.vertices[v].traits.joint is not None
+                   and not all(i in dead or i in own for i in trace.vertices[v].inputs)}
+        if not partial:
+            return dead
+        blocked = blocked | {i for v in partial for i in trace.vertices[v].inputs}
 
 
 def _boundary_reason(trace: TraceGraph, joint: str, dropped: set[str]) -> str | None:
@@ -195,13 +219,14 @@ def _aux_slices(trace: TraceGraph, cat: str, dropped: set[str]) -> list[tuple[st
 
 
 def _grow(trace: TraceGraph, dep: DependencyGraph, seg: Segment, live: set[str], claimed: set[str],
-          order: dict[str, int]) -> _Structure:
+          order: dict[str, int], barrier: set[str] | None) -> _Structure:
     reason, zero_chain, resets = _seed_zero(trace, seg, claimed)
     if reason:
         return _Structure(False, reason)
     zero = set(zero_chain)
     _propagate(trace, order, zero, set(seg.vertices), live, resets)
-    removed = zero | _dead(trace, order, zero | set(seg.vertices), live) | set(seg.vertices)
+    own = zero | set(seg.vertices)
+    removed = own | _dead_joints_closed(trace, order, own, live, barrier)
     if any(OUT in trace.successors(v) for v in removed):
         return _Structure(False, "feeds the model output")
     boundary: dict[str, set[str]] = defaultdict(set)
@@ -262,11 +287,14 @@ def _structures(trace: TraceGraph, dep: DependencyGraph, parametric: list[Segmen
     members (a DenseNet layer's leading BN over earlier layers' channels), so no group relies on them."""
     live = _live_vertices(trace)
     order = {v: i for i, v in enumerate(trace.vertices)}
-    first = {s.id: _grow(trace, dep, s, live, set(), order) for s in parametric}
+    plain = {s.id: _grow(trace, dep, s, live, set(), order, None) for s in parametric}
+    # Dead code may continue through a joint none of whose inputs belongs to another seed's structure.
+    barrier = {v for st in plain.values() if st.ok for sid in st.segments for v in dep.segments[sid].vertices}
+    first = {s.id: _grow(trace, dep, s, live, set(), order, barrier) for s in parametric}
     claimed = {p for st in first.values() if st.ok for p, _, _ in st.aux}
     if not claimed:
         return first
-    return {s.id: _grow(trace, dep, s, live, claimed, order) for s in parametric}
+    return {s.id: _grow(trace, dep, s, live, claimed, order, barrier) for s in parametric}
 
 
 def partition(trace: TraceGraph, dep: DependencyGraph) -> tuple[GroupSpec, ...]:
