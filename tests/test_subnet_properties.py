@@ -21,8 +21,6 @@ EXAMPLES = int(os.environ.get("OTOV3_PROPERTY_EXAMPLES", "200"))
 # Grammar features whose examples skip the generated-source check, and why (drop an entry once it passes).
 SOURCE_CHECK_SKIPPED = {
     "stochastic_depth": "the test's stand-in claims torchvision's qualified name, and torchvision is not installed",
-    "layerscale": "open library bug: a removed branch's LayerScale factor stays in the sub-network unused, so the "
-                  "source (which creates only the parameters the graph reads) rejects its state_dict",
 }
 
 

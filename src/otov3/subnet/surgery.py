@@ -108,7 +108,8 @@ def apply_plan(captured: Captured, trace: TraceGraph, plan: SubnetPlan) -> torch
         if node.op != "call_module":
             return
         module = gm.get_submodule(node.target)
-        if not any(True for _ in module.parameters()) and not any(True for _ in module.buffers()):
+        stateless = not any(True for _ in module.parameters()) and not any(True for _ in module.buffers())
+        if stateless and not isinstance(module, torch.nn.GroupNorm):  # a GroupNorm's group count follows
             return  # element-wise, pooling: nothing to cut, so one instance may serve calls of any width
         previous = sliced.get(id(module))
         if previous is not None:
@@ -132,8 +133,7 @@ def apply_plan(captured: Captured, trace: TraceGraph, plan: SubnetPlan) -> torch
             node.type = None
     graph.eliminate_dead_code(is_impure_node=_mutates if captured.backend == "export" else None)
     gm.delete_all_unused_submodules()
-    if captured.backend == "export":
-        _delete_unused_tensors(gm)
+    _delete_unused_tensors(gm)  # e.g. the LayerScale factor of a removed block, read by get_attr only
     graph.lint()
     gm.recompile()
     return gm
@@ -151,7 +151,7 @@ def _mutates(node: torch.fx.Node) -> bool:
 
 
 def _delete_unused_tensors(gm: torch.fx.GraphModule) -> None:
-    """Drop parameters and buffers no `get_attr` reads any more (export graphs hold them outside modules)."""
+    """Drop parameters and buffers that neither a `get_attr` nor a called module reads any more."""
     used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
     called = [n.target for n in gm.graph.nodes if n.op == "call_module"]
     named = [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]
