@@ -259,7 +259,7 @@ class OTO:
         weight_decay: float | None = None,
         target_group_sparsity: int | float = 0.5,
         warmup_steps: int = 0,
-        hybrid_steps: int = 1,
+        hybrid_steps: int | None = None,
         strict: bool | None = None,
         **options,
     ):

@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from otov3.errors import OptimizerError
-from otov3.optim import _checks, _layout
+from otov3.optim import _checks, _layout, _reduce
 from otov3.optim._base import BUFFER_KEYS, adam_directions, sgd_directions
 from otov3.optim._layout import RowLayout
 from otov3.optim._reduce import adam_finish, adam_pass, fusable, reduce_rest, sgd_finish, sgd_pass
@@ -93,6 +93,9 @@ class GroupOptimizer(Optimizer):
         self._u_buffers: dict[int, Tensor] = {}
         self._scratch_buffers: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor, Tensor]] = {}
         self._caches: dict[Any, Any] = {}
+        self._factor_bufs: dict[str, dict[torch.dtype, Tensor]] = {}
+        self._views: dict[tuple[str, int, bool], Tensor] = {}
+        self._row_dtypes = sorted({self._flat_params[pos].dtype for pos in self._layout.rows}, key=str)
         self._loads = 0
         self.defaults.update(variant=variant, official_adam_init=official_adam_init, **defaults)
         self.state[self.RUN_KEY] = run
@@ -189,23 +192,20 @@ class GroupOptimizer(Optimizer):
             grad = self._flat_params[pos].grad
             if grad is not None:
                 grad.index_fill_(self._layout.rows[pos].dim, idx, 0)
-        watch = frozenset(self._layout.params_of(observed)) if observed is not None else frozenset()
+        watch = frozenset(self._params_of(observed)) if observed is not None else frozenset()
         work = self._directions(watch, frozen, defer=defer)
         per_group = self._reduce(work, watch, observed, n) if observed is not None else None
         decision = self._decide(run, n, per_group)
-        a_rows = m_rows = None
         if decision is not None or work.deferred:
-            a_rows, m_rows = self._row_factors(decision, work)
-            if decision is not None and decision.c is not None:
-                self._scale(work, a_rows, decay=True)  # λ step of foreach-held rows, before their plain step
+            self._row_factors(decision, work)
+            if decision is not None and decision.c is not None:  # λ step of foreach-held rows, before their step
+                self._scale(work, "pre", decision.c != 0, foreach_only=True)
         for apply in work.updates:
             apply()
         for pos, finish in work.deferred:
-            rows, dtype = self._layout.rows[pos], self._flat_params[pos].dtype
-            at = slice(rows.offset, rows.offset + rows.n)
-            finish(a=a_rows[at].to(dtype), m=m_rows[at].to(dtype))
+            finish(a=self._view("a", pos), m=self._view("m", pos) if pos in work.m_params else None)
         if decision is not None and decision.m is not None:
-            self._scale(work, m_rows, decay=False)
+            self._scale(work, "m", decision.m != 1, foreach_only=False)
         if decision is not None and decision.zeroed:
             for g in decision.zeroed:
                 run["zero"].append(g)
@@ -224,9 +224,10 @@ class GroupOptimizer(Optimizer):
         for group in self.param_groups:
             params, grads, states, want, positions = [], [], [], [], []
             lr, momentum, dampening, wd = group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
+            n = len(group["params"])
+            work.lr_of[pos:pos + n] = [lr] * n
+            work.decay_of[pos:pos + n] = [lr * wd if variant == "adamw" else 0.0] * n
             for p in group["params"]:
-                work.lr_of[pos] = lr
-                work.decay_of[pos] = lr * wd if variant == "adamw" else 0.0
                 g = p.grad
                 if g is None or pos in frozen:
                     if pos in watch:
@@ -235,7 +236,16 @@ class GroupOptimizer(Optimizer):
                     continue
                 if g.is_sparse:
                     raise OptimizerError(f"{self.NAME} does not support sparse gradients")
-                state, rows = self.state[p], lay.rows.get(pos)
+                state = self.state[p]
+                if lay.numel[pos] < _reduce.FUSE_MIN:  # small: foreach (most parameters of a small network)
+                    params.append(p)
+                    grads.append(g)
+                    states.append(state)
+                    want.append(pos in watch)
+                    positions.append(pos)
+                    pos += 1
+                    continue
+                rows = lay.rows.get(pos)
                 hold, sink = defer and pos in watch, work.sink if pos in watch else None
                 if variant == "sgd" and fusable(p, g, rows, *((state.get("momentum_buffer"),) if momentum else ())):
                     buf = state.get("momentum_buffer") if momentum else None
@@ -269,7 +279,6 @@ class GroupOptimizer(Optimizer):
                     states.append(state)
                     want.append(pos in watch)
                     positions.append(pos)
-                    work.foreach.add(pos)
                 pos += 1
             if not params:
                 continue
@@ -280,6 +289,7 @@ class GroupOptimizer(Optimizer):
                 out = adam_directions(params, grads, states, want, lr=lr, betas=group["betas"],
                                       eps=group["adam_eps"], weight_decay=wd, decoupled=variant == "adamw",
                                       official_init=self.defaults["official_adam_init"])
+            work.foreach.update(positions)
             for i, p, d, sc in zip(positions, params, out.wanted, out.scale, strict=True):
                 work.scale[i] = sc
                 if d is not None:
@@ -341,36 +351,57 @@ class GroupOptimizer(Optimizer):
                 "this step was abandoned"
             )
 
-    def _row_factors(self, decision: Decision | None, work: _StepWork) -> tuple[Tensor, Tensor]:
-        """Per-row ``a = 1 − α·wd_AdamW − α·c_g`` and ``m = m_g`` from the per-group decision."""
+    def _row_factors(self, decision: Decision | None, work: _StepWork) -> None:
+        """Per-row ``a = 1 − α·wd_AdamW − α·c_g``, ``m = m_g`` and the λ pre-scale ``1 − α c_g/(1 − α·wd)``,
+        written into persistent per-dtype buffers whose per-parameter views are cached (`_view`)."""
         lay = self._layout
         ext = torch.zeros(lay.n_groups + 1, dtype=torch.float64)
         c = ext if decision is None or decision.c is None else torch.cat((decision.c, ext[:1]))
         m = ext + 1 if decision is None or decision.m is None else torch.cat((decision.m, ext[:1] + 1))
         alpha, keep = self._rows_of(work.lr_of, work.decay_of)
-        work.c_rows = c[lay.row_group]
-        work.pre_rows = 1 - alpha * work.c_rows / keep
-        return keep - alpha * work.c_rows, m[lay.row_group]
+        c_rows = c[lay.row_group]
+        self._fill("a", keep - alpha * c_rows)
+        self._fill("m", m[lay.row_group])
+        if decision is not None and decision.c is not None:
+            self._fill("pre", 1 - alpha * c_rows / keep)
+        if decision is not None and decision.m is not None:
+            work.m_params = frozenset(self._params_of(decision.m != 1))
 
-    def _scale(self, work: _StepWork, factors: Tensor, *, decay: bool) -> None:
-        """Multiplies rows whose factor is not 1 by it, outside the deferred parameters: before the foreach
-        step by ``1 − α c/(1 − α·wd)`` (``decay``: the λ step), or after any step by ``m``."""
-        lay = self._layout
-        f = work.pre_rows if decay else factors
-        hit = (work.c_rows != 0) if decay else (factors != 1)
-        for pos in sorted(set(lay.row_param[hit].tolist())):
-            if pos in work.deferred_pos or (decay and pos not in work.foreach):
-                continue
-            rows, p = lay.rows[pos], self._flat_params[pos]
-            local = f[rows.offset:rows.offset + rows.n]
-            mask = hit[rows.offset:rows.offset + rows.n]
-            if rows.dim is None or 2 * int(mask.sum()) >= rows.n:
-                p.mul_(local.to(p.dtype).view(rows.shape_for(p)))
-            else:
-                idx = mask.nonzero().flatten()
-                shape = rows.shape_for(p)
-                shape[rows.dim] = idx.numel()
-                p.index_copy_(rows.dim, idx, p.index_select(rows.dim, idx).mul_(local[idx].to(p.dtype).view(shape)))
+    def _fill(self, name: str, values: Tensor) -> None:
+        bufs = self._factor_bufs.setdefault(name, {})
+        for dtype in self._row_dtypes:
+            if dtype not in bufs:
+                bufs[dtype] = torch.empty(self._layout.n_rows, dtype=dtype)
+            bufs[dtype].copy_(values)
+
+    def _view(self, name: str, pos: int, *, broadcast: bool = False) -> Tensor:
+        """Parameter ``pos``'s rows of factor buffer ``name`` (1-D, or shaped to broadcast against it)."""
+        key = (name, pos, broadcast)
+        view = self._views.get(key)
+        if view is None:
+            rows, p = self._layout.rows[pos], self._flat_params[pos]
+            view = self._factor_bufs[name][p.dtype][rows.offset:rows.offset + rows.n]
+            view = view.view(rows.shape_for(p)) if broadcast else view
+            self._views[key] = view
+        return view
+
+    def _params_of(self, mask: Tensor) -> list[int]:
+        """`RowLayout.params_of`, cached per group mask."""
+        key = ("params", hash(mask.numpy().tobytes()))
+        if key not in self._caches:
+            if len([k for k in self._caches if k[0] == "params"]) > 16:
+                self._caches = {k: v for k, v in self._caches.items() if k[0] != "params"}
+            self._caches[key] = self._layout.params_of(mask)
+        return self._caches[key]
+
+    def _scale(self, work: _StepWork, name: str, hit: Tensor, *, foreach_only: bool) -> None:
+        """Multiplies the parameters holding rows of the ``hit`` groups by factor buffer ``name`` row-wise (one
+        foreach call; rows with factor 1 are unchanged), except the deferred ones, which `_finish` scales."""
+        todo = [pos for pos in self._params_of(hit)
+                if pos not in work.deferred_pos and (not foreach_only or pos in work.foreach)]
+        if todo:
+            torch._foreach_mul_([self._flat_params[pos] for pos in todo],
+                                [self._view(name, pos, broadcast=True) for pos in todo])
 
     def _zero_rows(self, zero: list[int]) -> tuple[dict[int, Tensor], frozenset[int]]:
         """Per parameter, the rows in zero groups; and the parameters made entirely of zero groups."""
@@ -428,8 +459,7 @@ class _StepWork:
         self.deferred: list[tuple[int, Callable[..., None]]] = []  # updates waiting for the row factors
         self.deferred_pos: set[int] = set()
         self.u_buffers: dict[int, Tensor] = {}  # Adam directions of the deferred parameters
-        self.c_rows: Tensor | None = None
-        self.pre_rows: Tensor | None = None
+        self.m_params: frozenset[int] = frozenset()  # parameters with a row whose multiplier m is not 1
 
     def defer(self, pos: int, finish: Callable[..., None]) -> None:
         self.deferred_pos.add(pos)

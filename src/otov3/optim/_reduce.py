@@ -113,58 +113,54 @@ def adam_pass(
     return sigma
 
 
-def _finish(x: Tensor, src: Tensor, pieces: Sequence[Piece], a: Tensor, m: Tensor, step: float) -> None:
-    """``x ← m·(a·x + step·src)`` row-wise over the pieces (``a``, ``m``: per-row factors of this parameter)."""
+def _finish(x: Tensor, src: Tensor, pieces: Sequence[Piece], a: Tensor, m: Tensor | None, step: float) -> None:
+    """``x ← m·(a·x + step·src)`` row-wise over the pieces (``a``, ``m``: per-row factors of this parameter;
+    ``m`` None: all 1)."""
     xf, sf = x.view(-1), src.view(-1)
     for p in pieces:
         n = 1 if p.partial else p.r1 - p.r0
         xv, sv = xf[p.lo:p.hi].view(n, -1), sf[p.lo:p.hi].view(n, -1)
-        xv.mul_(a[p.r0:p.r1, None]).add_(sv, alpha=step).mul_(m[p.r0:p.r1, None])
+        xv.mul_(a[p.r0:p.r1, None]).add_(sv, alpha=step)
+        if m is not None:
+            xv.mul_(m[p.r0:p.r1, None])
 
 
 def sgd_finish(x: Tensor, source: Tensor, pieces: Sequence[Piece], *, lr: float, x_in_d: float, a: Tensor,
-               m: Tensor) -> None:
+               m: Tensor | None) -> None:
     """The deferred SGD update: ``d = source + x_in_d·x`` (momentum buffer, or gradient with coupled decay)."""
     _finish(x, source, pieces, a - lr * x_in_d if x_in_d else a, m, -lr)
 
 
 def adam_finish(x: Tensor, u: Tensor, pieces: Sequence[Piece], *, lr: float, sigma: float, a: Tensor,
-                m: Tensor) -> None:
+                m: Tensor | None) -> None:
     """The deferred Adam update from the ``u`` kept by `adam_pass` (``a`` includes AdamW's decay)."""
     _finish(x, u, pieces, a, m, -lr * sigma)
 
 
-def reduce_rest(out: Tensor, items: Sequence[tuple[Rows, Tensor, Tensor]], index_cache: dict) -> None:
+def reduce_rest(out: Tensor, items: Sequence[tuple[Rows, Tensor, Tensor]], cache: dict) -> None:
     """Adds ``‖x‖², ⟨x,d⟩, ‖d‖²`` of each row of the non-chunked parameters into ``out`` (global rows × 3).
 
-    Small parameters are reduced together after one concatenation (an element→row index cached per set of
-    parameters); larger ones row-wise, each on its own.
+    Parameters whose rows are contiguous (whole-parameter slices, rows along dim 0) are concatenated,
+    multiplied, and summed per row with one ``segment_reduce`` per product: a fixed number of tensor calls
+    however many parameters and rows there are. Rows along another dimension (ConvTranspose channels) are
+    reduced per parameter.
     """
-    small = [it for it in items if it[1].numel() < FUSE_MIN]
-    for rows, x, d in items:
-        if x.numel() < FUSE_MIN:
-            continue
-        if rows.dim is None:
-            xf, df = x.reshape(-1), d.reshape(-1)
-            vals = torch.stack((torch.dot(xf, xf), torch.dot(xf, df), torch.dot(df, df))).view(1, 3)
-        else:
-            xv, dv = x.movedim(rows.dim, 0).reshape(rows.n, -1), d.movedim(rows.dim, 0).reshape(rows.n, -1)
+    flat = [it for it in items if it[0].dim in (None, 0) and it[1].is_contiguous() and it[2].is_contiguous()]
+    if len(flat) < len(items):
+        for rows, x, d in (it for it in items if not (it[0].dim in (None, 0) and it[1].is_contiguous()
+                                                       and it[2].is_contiguous())):
+            dim = rows.dim or 0
+            xv, dv = x.movedim(dim, 0).reshape(rows.n, -1), d.movedim(dim, 0).reshape(rows.n, -1)
             vals = torch.stack(((xv * xv).sum(1), (xv * dv).sum(1), (dv * dv).sum(1)), dim=1)
-        out[rows.offset:rows.offset + rows.n] += vals.to(out.dtype)
-    if not small:
+            out[rows.offset:rows.offset + rows.n] += vals.to(out.dtype)
+    if not flat:
         return
-    key = tuple(rows.pos for rows, _, _ in small)
-    index = index_cache.get(key)
-    if index is None:
-        index = torch.cat([_element_rows(rows, x) for rows, x, _ in small])
-        index_cache[key] = index
-    xs = torch.cat([x.reshape(-1) for _, x, _ in small])
-    ds = torch.cat([d.reshape(-1) for _, _, d in small])
-    out.index_add_(0, index, torch.stack((xs * xs, xs * ds, ds * ds), dim=1).to(out.dtype))
-
-
-def _element_rows(rows: Rows, x: Tensor) -> Tensor:
-    """Global row number of every element of ``x`` in its flattened order."""
-    local = torch.arange(rows.n).view(rows.shape_for(x)) if rows.dim is not None else torch.zeros(
-        [1] * x.dim(), dtype=torch.long)
-    return (local.expand(x.shape).reshape(-1) + rows.offset) if x.dim() else torch.tensor([rows.offset])
+    key = ("flat", tuple(r.pos for r, _, _ in flat))
+    if key not in cache:
+        cache[key] = (torch.cat([torch.full((r.n,), x.numel() // r.n) for r, x, _ in flat]),
+                      torch.cat([torch.arange(r.n) + r.offset for r, _, _ in flat]))
+    lengths, rows = cache[key]
+    x = torch.cat([x.reshape(-1) for _, x, _ in flat])
+    d = torch.cat([d.reshape(-1) for _, _, d in flat])
+    sums = [torch.segment_reduce(v, "sum", lengths=lengths) for v in (x * x, x * d, d * d)]
+    out.index_add_(0, rows, torch.stack(sums, dim=1).to(out.dtype))
