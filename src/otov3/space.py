@@ -61,6 +61,8 @@ class Group:
             so that a zero group outputs exactly 0 in eval mode too (spec §6.2).
         macs: multiply-accumulates of the group's operations for one sample (tie-breaks, reports).
         segments: every segment the group spans (several only when segments share weights).
+        node_group: pruning mode: id of the node group the channel group belongs to (groups of one node group
+            have identical layouts, so optimizers may batch their rows); -1 in erasing mode.
     """
 
     name: str
@@ -72,10 +74,16 @@ class Group:
     reset_buffers: tuple[torch.Tensor, ...] = field(default=())
     macs: int = 0
     segments: tuple[int, ...] = ()
+    node_group: int = -1
 
     @property
     def is_gezig(self) -> bool:
         return self.kind is GroupKind.GEZIG
+
+    @property
+    def removable(self) -> bool:
+        """A GeZIG (erasing mode) or a channel group (pruning mode): the optimizer may zero it."""
+        return self.kind in (GroupKind.GEZIG, GroupKind.CHANNEL)
 
     def params(self) -> list[nn.Parameter]:
         """The distinct `nn.Parameter`s this group touches (whole or in part)."""

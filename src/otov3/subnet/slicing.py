@@ -115,6 +115,11 @@ def _replace_tensor(gm: torch.fx.GraphModule, target: str, value: torch.Tensor) 
         setattr(owner, name, value)
 
 
+def replace_tensor(gm: torch.fx.GraphModule, target: str, value: torch.Tensor) -> None:
+    """Store `value` at the dotted path `target` of `gm` (a private copy), keeping its kind (pruning mode cuts)."""
+    _replace_tensor(gm, target, value)
+
+
 def _cut_operand(gm: torch.fx.GraphModule, node: torch.fx.Node, operand, dim: int, keep: Sequence[int],
                  done: dict[str, tuple[int, tuple[int, ...]]]) -> None:
     if operand is None:

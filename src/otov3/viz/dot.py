@@ -87,3 +87,33 @@ def fx_dot(nodes: Iterable[tuple[str, str, list[str]]], title: str = "sub-networ
             lines.append(f"  {_q(i)} -> {_q(name)};")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def node_group_dot(
+    trace: TraceGraph,
+    groups: Iterable[tuple[str, Iterable[str], bool, bool]],
+    title: str = "channel groups (pruning mode)",
+) -> str:
+    """Trace ops coloured by node group (name, vertices, prunable, has zero channels): prunable node groups in
+    colour, kept ones grey; a node group with zero channel groups gets a dashed red border."""
+    colour: dict[str, tuple[str, str, bool, bool]] = {}
+    for i, (name, vertices, prunable, zero) in enumerate(groups):
+        fill = PALETTE[i % len(PALETTE)] if prunable else "#dddddd"
+        for v in vertices:
+            colour.setdefault(v, (fill, name, prunable, zero))
+    lines = _header(f"{title}\\ncoloured: prunable node groups, grey: kept whole, dashed red: has zero channels")
+    for name, v in trace.vertices.items():
+        label = name + "\\n" + v.op
+        attrs = []
+        if name in colour:
+            fill, group, _, zero = colour[name]
+            label += f"\\n[{group}]"
+            attrs.append(f"fillcolor={_q(fill)}")
+            if zero:
+                attrs.append('style="rounded,filled,dashed", penwidth=2, color="#cc0000"')
+        lines.append(f"  {_q(name)} [label={_q(label)}{''.join(', ' + a for a in attrs)}];")
+    for u, succ in trace.succ.items():
+        for w in succ:
+            lines.append(f"  {_q(u)} -> {_q(w)};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
