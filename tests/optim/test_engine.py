@@ -3,6 +3,9 @@ agree (torch.optim's "foreach equals for-loop"), and a per-step cost that does n
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
+
 import pytest
 import torch
 from channel_testnets import channel_groups, make_channel_net, train_images
@@ -118,3 +121,16 @@ def test_tensor_calls_per_step_do_not_grow_with_the_number_of_groups(cls, kw):
         kw = {**kw, "is_valid": lambda removed: True}
     few, many = _calls_per_step(cls, 50, **kw), _calls_per_step(cls, 2000, **kw)
     assert few == many  # the same torch calls per step for 50 and for 2000 channel groups
+
+
+@pytest.mark.parametrize("cls", [DHSPG, HESSO])
+def test_pruning_mode_never_zeroes_every_channel_group_of_a_node_group(cls):
+    net = make_channel_net()
+    groups = [dataclasses.replace(g, node_group=g.segment) for g in channel_groups(net)]  # node groups of 8, 8, 6, 12
+    extra = {"periods": 3} if cls is HESSO else {"tolerance": 0.5}
+    opt = cls(net.parameters(), groups, target_group_sparsity=30, warmup_steps=2, hybrid_steps=9, **extra,
+              **SETTINGS["sgd"])
+    train_images(net, opt, 11)
+    zero = [g for g in groups if g.is_zero()]
+    assert len(zero) == len(opt.zero_groups) == 30  # at most 7 + 7 + 5 + 11: one channel left in each
+    assert sorted(Counter(g.node_group for g in zero).values()) == [5, 7, 7, 11]

@@ -11,6 +11,7 @@ exactly zero with their buffer rows. Everything per group is a ``(G,)`` tensor: 
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +86,8 @@ class GroupOptimizer(DirectionPass, Optimizer):
         self._flat_params = [p for group in self.param_groups for p in group["params"]]
         self._layout = RowLayout(groups, self._flat_params, noun=self.NOUN)
         self._groups = tuple(groups)
+        node_of = [g.node_group for g in groups]
+        self._node_of = node_of if any(n >= 0 for n in node_of) else None
         self._param_names = self._names(param_names)
         self._labels = [f"{n!r}" + (f" of {self.NOUN} {self._layout.owner[i]!r}" if i in self._layout.owner else "")
                         for i, n in enumerate(self._param_names)]
@@ -132,6 +135,18 @@ class GroupOptimizer(DirectionPass, Optimizer):
 
     def _past_deadline(self, n: int) -> bool:
         return self.deadline is not None and n > self.deadline
+
+    def _valid(self, indices: Iterable[int]) -> bool:
+        """Whether zeroing these groups is allowed: ``is_valid`` (erasing mode), or in pruning mode that no node
+        group loses all of its channel groups (spec §4)."""
+        chosen = frozenset(indices)
+        if self._is_valid is not None:
+            return self._is_valid(chosen)
+        if self._node_of is None:
+            return True
+        size = Counter(n for n in self._node_of if n >= 0)
+        used = Counter(self._node_of[g] for g in chosen if self._node_of[g] >= 0)
+        return all(used[n] < size[n] for n in used)
 
     def _mask(self, indices: Iterable[int]) -> Tensor:
         mask = torch.zeros(len(self._groups), dtype=torch.bool)

@@ -195,7 +195,7 @@ class DHSPG(HalfSpaceOptimizer):
             run["scores"] = kernels.dhspg_scores(per_group[:, 1], per_group[:, 0], per_group[:, 2],
                                                  self._layout.group_numel, weights=cfg["score_weights"])
             chosen = kernels.greedy_select(run["scores"].tolist(), [g.macs for g in self._groups], cfg["k_p"],
-                                           self._is_valid)
+                                           self._is_valid, node_of=self._node_of)
             run["candidates"], run["rejected"] = list(chosen.selected), list(chosen.rejected)
             if len(chosen.selected) < cfg["k"]:
                 warnings.warn(f"DHSPG: only {len(chosen.selected)} of K={cfg['k']} groups can be removed while the "
@@ -219,7 +219,7 @@ class DHSPG(HalfSpaceOptimizer):
             if len(cand) > self.defaults["k_p"]:
                 raise ValueError(f"{where}['candidates'] holds {len(cand)} groups, more than "
                                  f"K_p={self.defaults['k_p']}")
-            if self._is_valid is not None and not self._is_valid(frozenset(cand)):
+            if not self._valid(cand):
                 raise ValueError(f"{where}['candidates'] is not a valid removal; the state dict was edited or "
                                  "belongs to another model")
         if len(zero) > self.defaults["k"]:

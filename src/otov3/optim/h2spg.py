@@ -254,7 +254,8 @@ class H2SPG(HalfSpaceOptimizer):
     def _select(self, run: dict[str, Any]) -> None:
         """spec §5.5: the redundant set is chosen once, after warm-up, and then fixed."""
         k = self.defaults["k"]
-        chosen = kernels.greedy_select(run["scores"].tolist(), [g.macs for g in self._groups], k, self._is_valid)
+        chosen = kernels.greedy_select(run["scores"].tolist(), [g.macs for g in self._groups], k, self._is_valid,
+                                       node_of=self._node_of)
         run["redundant"] = list(chosen.selected)
         run["rejected"] = list(chosen.rejected)
         if len(chosen.selected) < k:
@@ -280,7 +281,7 @@ class H2SPG(HalfSpaceOptimizer):
             k = self.defaults["k"]
             if len(redundant) > k:
                 raise ValueError(f"{where}['redundant'] holds {len(redundant)} GeZIGs, more than K={k}")
-            if not self._is_valid(frozenset(redundant)):
+            if not self._valid(redundant):
                 raise ValueError(
                     f"{where}['redundant'] = {[names[i] for i in redundant]} is not a valid removal (it would "
                     "disconnect the network); the state dict was edited or belongs to another model"

@@ -186,7 +186,8 @@ class HESSO(GroupOptimizer):
         k, q = cfg["k"], cfg["periods"]
         quota = k // q if run["period"] < q else k - len(taken)
         chosen = kernels.greedy_select((-importance).tolist(), [g.macs for g in self._groups], max(quota, 0),
-                                       self._is_valid, given=sorted(taken), eligible=eligible)
+                                       self._is_valid, given=sorted(taken), eligible=eligible,
+                                       node_of=self._node_of)
         run["active"] = list(chosen.selected)
         run["rejected"] = sorted(set(run["rejected"]) | set(chosen.rejected))
         if run["period"] == q and len(taken) + len(chosen.selected) < k:
@@ -209,7 +210,7 @@ class HESSO(GroupOptimizer):
         if len(active) + len(zero) > cfg["k"]:
             raise ValueError(f"{where}: {len(active) + len(zero)} active and zero groups, more than K={cfg['k']}")
         chosen = frozenset(active) | frozenset(zero)
-        if self._is_valid is not None and chosen and not self._is_valid(chosen):
+        if chosen and not self._valid(chosen):
             raise ValueError(f"{where}: the active and zero groups {[names[i] for i in sorted(chosen)]} are not a "
                              "valid removal; the state dict was edited or belongs to another model")
         _checks.check_zero_weights(where, zero, self._groups, noun)

@@ -10,6 +10,7 @@ tests check the vectorised optimizer against it.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -194,7 +195,7 @@ class Selection:
 
 def greedy_select(
     scores: Sequence[float], macs: Sequence[int], k: int, is_valid: Callable[[frozenset[int]], bool] | None,
-    *, given: Sequence[int] = (), eligible: Sequence[int] | None = None,
+    *, given: Sequence[int] = (), eligible: Sequence[int] | None = None, node_of: Sequence[int] | None = None,
 ) -> Selection:
     """Greedy hierarchical search of the redundant set (spec §5.5, worked example §3.4).
 
@@ -209,14 +210,30 @@ def greedy_select(
             (pruning mode), the top ``k`` are taken at once.
         given: groups removed already (HESSO's earlier periods): each check is on ``given ∪ accepted ∪ {g}``.
         eligible: the groups to walk (default: all).
+        node_of: pruning mode (``is_valid`` None): the node group of each group (-1: none); a group is refused
+            when accepting it would remove every channel group of its node group (spec §4: keep one).
 
     Returns:
         The accepted and the rejected indices (groups never examined are in neither).
     """
     pool = range(len(scores)) if eligible is None else eligible
     order = sorted(pool, key=lambda i: (-float(scores[i]), macs[i], i))
-    if is_valid is None:
+    if is_valid is None and node_of is None:
         return Selection(tuple(order[:k]), ())
+    if is_valid is None:
+        size = Counter(n for n in node_of if n >= 0)
+        used = Counter(node_of[g] for g in given if node_of[g] >= 0)
+        chosen, refused = [], []
+        for i in order:
+            if len(chosen) == k:
+                break
+            n = node_of[i]
+            if n >= 0 and used[n] + 1 >= size[n]:
+                refused.append(i)
+                continue
+            used[n] += 1
+            chosen.append(i)
+        return Selection(tuple(chosen), tuple(refused))
     selected: list[int] = []
     rejected: list[int] = []
     for i in order:
