@@ -216,7 +216,8 @@ class GroupOptimizer(DirectionPass, Optimizer):
         for apply in work.updates:
             apply()
         for pos, finish in work.deferred:
-            finish(a=self._view("a", pos), m=self._view("m", pos) if pos in work.m_params else None)
+            m = pos in work.m_params
+            finish(a=self._view("ma" if m else "a", pos), m=self._view("m", pos) if m else None)
         if decision is not None and decision.m is not None:
             self._scale(work, "m", decision.m != 1, foreach_only=False)
         if decision is not None and decision.zeroed:
@@ -237,9 +238,11 @@ class GroupOptimizer(DirectionPass, Optimizer):
         c = ext if decision is None or decision.c is None else torch.cat((decision.c, ext[:1]))
         m = ext + 1 if decision is None or decision.m is None else torch.cat((decision.m, ext[:1] + 1))
         alpha, keep = self._rows_of(work.lr_of, work.decay_of)
-        c_rows = c[lay.row_group]
-        self._fill("a", keep - alpha * c_rows)
-        self._fill("m", m[lay.row_group])
+        c_rows, m_rows = c[lay.row_group], m[lay.row_group]
+        a_rows = keep - alpha * c_rows
+        self._fill("a", a_rows)
+        self._fill("m", m_rows)
+        self._fill("ma", m_rows * a_rows)
         if decision is not None and decision.c is not None:
             self._fill("pre", 1 - alpha * c_rows / keep)
         if decision is not None and decision.m is not None:

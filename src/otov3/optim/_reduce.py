@@ -114,26 +114,31 @@ def adam_pass(
 
 
 def _finish(x: Tensor, src: Tensor, pieces: Sequence[Piece], a: Tensor, m: Tensor | None, step: float) -> None:
-    """``x ← m·(a·x + step·src)`` row-wise over the pieces (``a``, ``m``: per-row factors of this parameter;
-    ``m`` None: all 1)."""
+    """``x ← a·x + step·m·src`` row-wise over the pieces: ``a`` already holds ``m·a`` (per-row factors of this
+    parameter; ``m`` None: all 1), so that each piece takes two in-place ops."""
     xf, sf = x.view(-1), src.view(-1)
     for p in pieces:
         n = 1 if p.partial else p.r1 - p.r0
         xv, sv = xf[p.lo:p.hi].view(n, -1), sf[p.lo:p.hi].view(n, -1)
-        xv.mul_(a[p.r0:p.r1, None]).add_(sv, alpha=step)
-        if m is not None:
-            xv.mul_(m[p.r0:p.r1, None])
+        if m is None:
+            xv.mul_(a[p.r0:p.r1, None]).add_(sv, alpha=step)
+        else:
+            xv.mul_(a[p.r0:p.r1, None]).addcmul_(sv, m[p.r0:p.r1, None], value=step)
 
 
 def sgd_finish(x: Tensor, source: Tensor, pieces: Sequence[Piece], *, lr: float, x_in_d: float, a: Tensor,
                m: Tensor | None) -> None:
-    """The deferred SGD update: ``d = source + x_in_d·x`` (momentum buffer, or gradient with coupled decay)."""
-    _finish(x, source, pieces, a - lr * x_in_d if x_in_d else a, m, -lr)
+    """The deferred SGD update ``x ← m·(a·x − α d)`` with ``d = source + x_in_d·x`` (the momentum buffer, or the
+    gradient with the coupled decay); ``a`` is given as ``m·a``."""
+    if x_in_d:
+        a = a - lr * x_in_d * (1 if m is None else m)
+    _finish(x, source, pieces, a, m, -lr)
 
 
 def adam_finish(x: Tensor, u: Tensor, pieces: Sequence[Piece], *, lr: float, sigma: float, a: Tensor,
                 m: Tensor | None) -> None:
-    """The deferred Adam update from the ``u`` kept by `adam_pass` (``a`` includes AdamW's decay)."""
+    """The deferred Adam update ``x ← m·(a·x − α σ u)`` from the ``u`` kept by `adam_pass` (``a`` given as
+    ``m·a``, AdamW's decay included)."""
     _finish(x, u, pieces, a, m, -lr * sigma)
 
 
