@@ -751,3 +751,19 @@ def test_dead_by_products_of_a_structure_go_with_it_even_through_their_own_joint
     (sublayer,) = [g for g in groups.values() if g.is_gezig]
     assert {"ln", "q", "k", "v", "rot", "o"} <= set(sublayer.vertices), sublayer.vertices
     assert "x" not in sublayer.vertices and "add" not in sublayer.vertices
+
+
+def test_a_segment_whose_result_is_never_used_is_not_said_to_feed_the_output():
+    trace = graph(
+        V("stem", CONV),
+        V("sr", RELU, "stem"),
+        V("unused", CONV, "sr"),
+        V("b", CONV, "sr"),
+        V("add", ADD, "sr", "b"),
+        V("head", CONV, "add", ch=2),
+        outputs=("head",),
+    )
+    _, groups = analyse(trace)
+    assert groups[("unused",)].reason == "never reaches the model output (its result is not used)"
+    assert groups[("head",)].reason == "feeds the model output"
+    assert groups[("b",)].is_gezig

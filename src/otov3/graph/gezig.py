@@ -234,8 +234,8 @@ def _grow(trace: TraceGraph, dep: DependencyGraph, seg: Segment, live: set[str],
         for w in trace.successors(v):
             if w in live and w not in removed:
                 boundary[w].add(v)
-    if not boundary:
-        return _Structure(False, "feeds the model output")
+    if not boundary:  # nothing live consumes it: the super-network computes it and throws it away
+        return _Structure(False, "never reaches the model output (its result is not used)")
     failures = [(w, r) for w, r in ((w, _boundary_reason(trace, w, d)) for w, d in boundary.items()) if r]
     if failures:
         outs = [w for w in trace.successors(seg.last) if w in live]
