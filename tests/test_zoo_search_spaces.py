@@ -88,3 +88,9 @@ def test_cli_search_on_a_user_class_needs_an_input_shape(tmp_path, capsys, monke
 def test_cli_search_bad_target_is_a_clear_error(capsys):
     assert main(["search", "no_such_module_xyz:Net", "--input-shape", "1,3,8,8"]) == 2
     assert "cannot import module 'no_such_module_xyz'" in capsys.readouterr().err
+
+
+def test_cli_search_capture_export_finds_the_same_gezigs(capsys):
+    assert main(["search", ZOO_CLASSES["demo_supnet"], "--capture", "export"]) == 0
+    out = capsys.readouterr().out
+    assert "5 GeZIGs" in out and "export" in out

@@ -27,6 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "0,VOCAB; required there), uniform in [LOW, HIGH) for floats (default: normal)")
     p.add_argument("--kwargs", metavar="JSON", help="constructor arguments as a JSON object, e.g. '{\"width\": 0.5}'")
     p.add_argument("--out", type=Path, help="write graph pictures (DOT, SVG) and summary.txt here")
+    p.add_argument("--capture", choices=("auto", "fx", "export"), default="auto",
+                   help="capture backend: torch.fx, non-strict torch.export, or fx falling back to export (default)")
     p.set_defaults(run=run)
 
 
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         raise OTOError(f"{args.target} is not a zoo model: give --input-shape, e.g. --input-shape 1,3,32,32")
     dummy = dummy_input(shape, args.input_dtype, args.input_range)
     try:
-        oto = OTO(model, dummy)
+        oto = OTO(model, dummy, capture=args.capture)
     except OTOError:
         raise
     except Exception as err:  # a user model can fail in ways no capture backend anticipates
