@@ -119,8 +119,9 @@ def _calls_per_step(cls, rows: int, **kw) -> list[int]:
 def test_tensor_calls_per_step_do_not_grow_with_the_number_of_groups(cls, kw):
     if cls is H2SPG:
         kw = {**kw, "is_valid": lambda removed: True}
-    few, many = _calls_per_step(cls, 50, **kw), _calls_per_step(cls, 2000, **kw)
-    assert few == many  # the same torch calls per step for 50 and for 2000 channel groups
+    few, many = _calls_per_step(cls, 50, **kw), _calls_per_step(cls, 4000, **kw)
+    # 80 times the groups, the same torch calls per step up to a path choice (whole-tensor or hit-rows scaling)
+    assert all(abs(a - b) <= 12 for a, b in zip(few, many, strict=True)), (few, many)
 
 
 @pytest.mark.parametrize("cls", [DHSPG, HESSO])

@@ -24,7 +24,8 @@ from otov3.errors import OptimizerError
 from otov3.optim import _checks
 from otov3.optim._base import BUFFER_KEYS
 from otov3.optim._layout import RowLayout
-from otov3.optim._pass import DirectionPass, StepWork
+from otov3.optim._pass import DirectionPass
+from otov3.optim._rowops import RowOps
 from otov3.space import Group
 
 # spec §5.1 and §5.4, code `hyperparameter.py`: per-variant defaults of lr, weight decay, λ, η, κ.
@@ -62,7 +63,7 @@ class Decision:
     zeroed: list[int]
 
 
-class GroupOptimizer(DirectionPass, Optimizer):
+class GroupOptimizer(DirectionPass, RowOps, Optimizer):
     """A `torch.optim.Optimizer` over a partition of groups; subclasses supply the selection/shrink policy.
 
     Subclass contract: ``NAME``, ``RUN_KEY`` (the optimizer-level entry of ``state``), ``_plan(run, n)`` →
@@ -229,60 +230,6 @@ class GroupOptimizer(DirectionPass, Optimizer):
             self._fill_zero(zero_rows, now_frozen - frozen)
         self._u_buffers = work.u_buffers
         run["step"] = n
-
-    def _row_factors(self, decision: Decision | None, work: StepWork) -> None:
-        """Per-row ``a = 1 − α·wd_AdamW − α·c_g``, ``m = m_g`` and the λ pre-scale ``1 − α c_g/(1 − α·wd)``,
-        written into persistent per-dtype buffers whose per-parameter views are cached (`_view`)."""
-        lay = self._layout
-        ext = torch.zeros(lay.n_groups + 1, dtype=torch.float64)
-        c = ext if decision is None or decision.c is None else torch.cat((decision.c, ext[:1]))
-        m = ext + 1 if decision is None or decision.m is None else torch.cat((decision.m, ext[:1] + 1))
-        alpha, keep = self._rows_of(work.lr_of, work.decay_of)
-        c_rows, m_rows = c[lay.row_group], m[lay.row_group]
-        a_rows = keep - alpha * c_rows
-        self._fill("a", a_rows)
-        self._fill("m", m_rows)
-        self._fill("ma", m_rows * a_rows)
-        if decision is not None and decision.c is not None:
-            self._fill("pre", 1 - alpha * c_rows / keep)
-        if decision is not None and decision.m is not None:
-            work.m_params = frozenset(self._params_of(decision.m != 1))
-
-    def _fill(self, name: str, values: Tensor) -> None:
-        bufs = self._factor_bufs.setdefault(name, {})
-        for dtype in self._row_dtypes:
-            if dtype not in bufs:
-                bufs[dtype] = torch.empty(self._layout.n_rows, dtype=dtype)
-            bufs[dtype].copy_(values)
-
-    def _view(self, name: str, pos: int, *, broadcast: bool = False) -> Tensor:
-        """Parameter ``pos``'s rows of factor buffer ``name`` (1-D, or shaped to broadcast against it)."""
-        key = (name, pos, broadcast)
-        view = self._views.get(key)
-        if view is None:
-            rows, p = self._layout.rows[pos], self._flat_params[pos]
-            view = self._factor_bufs[name][p.dtype][rows.offset:rows.offset + rows.n]
-            view = view.view(rows.shape_for(p)) if broadcast else view
-            self._views[key] = view
-        return view
-
-    def _params_of(self, mask: Tensor) -> list[int]:
-        """`RowLayout.params_of`, cached per group mask."""
-        key = ("params", hash(mask.numpy().tobytes()))
-        if key not in self._caches:
-            if len([k for k in self._caches if k[0] == "params"]) > 16:
-                self._caches = {k: v for k, v in self._caches.items() if k[0] != "params"}
-            self._caches[key] = self._layout.params_of(mask)
-        return self._caches[key]
-
-    def _scale(self, work: StepWork, name: str, hit: Tensor, *, foreach_only: bool) -> None:
-        """Multiplies the parameters holding rows of the ``hit`` groups by factor buffer ``name`` row-wise (one
-        foreach call; rows with factor 1 are unchanged), except the deferred ones, which `_finish` scales."""
-        todo = [pos for pos in self._params_of(hit)
-                if pos not in work.deferred_pos and (not foreach_only or pos in work.foreach)]
-        if todo:
-            torch._foreach_mul_([self._flat_params[pos] for pos in todo],
-                                [self._view(name, pos, broadcast=True) for pos in todo])
 
     def _zero_rows(self, zero: list[int]) -> tuple[dict[int, Tensor], frozenset[int]]:
         """Per parameter, the rows in zero groups; and the parameters made entirely of zero groups."""

@@ -1,0 +1,104 @@
+"""Row-wise factors of a step: ``x ← m_g·(a·x − α d)`` applied to the rows of the groups a decision touches.
+
+`RowOps` is mixed into `GroupOptimizer`. Per-group decisions (``c_g = λ_g/‖x_g‖``, multipliers ``m_g``) expand
+to per-row factors with one gather; they are written into persistent per-dtype buffers whose per-parameter views
+are cached, so deferred parameters read them chunk by chunk (`_reduce._finish`) and the others are scaled with
+one foreach call (parameters mostly hit) or on their hit rows only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from otov3.optim._engine import Decision
+    from otov3.optim._pass import StepWork
+
+
+class RowOps:
+    """Mixed into `GroupOptimizer` (uses its `_layout`, `_flat_params`, `_caches`, `_factor_bufs`, `_views`)."""
+
+    def _row_factors(self, decision: Decision | None, work: StepWork) -> None:
+        """Per-row ``a = 1 − α·wd_AdamW − α·c_g``, ``m = m_g`` and the λ pre-scale ``1 − α c_g/(1 − α·wd)``,
+        written into persistent per-dtype buffers whose per-parameter views are cached (`_view`)."""
+        lay = self._layout
+        ext = torch.zeros(lay.n_groups + 1, dtype=torch.float64)
+        c = ext if decision is None or decision.c is None else torch.cat((decision.c, ext[:1]))
+        m = ext + 1 if decision is None or decision.m is None else torch.cat((decision.m, ext[:1] + 1))
+        alpha, keep = self._rows_of(work.lr_of, work.decay_of)
+        c_rows, m_rows = c[lay.row_group], m[lay.row_group]
+        a_rows = keep - alpha * c_rows
+        self._fill("a", a_rows)
+        self._fill("m", m_rows)
+        self._fill("ma", m_rows * a_rows)
+        if decision is not None and decision.c is not None:
+            self._fill("pre", 1 - alpha * c_rows / keep)
+        if decision is not None and decision.m is not None:
+            work.m_params = frozenset(self._params_of(decision.m != 1))
+
+    def _fill(self, name: str, values: Tensor) -> None:
+        bufs = self._factor_bufs.setdefault(name, {})
+        for dtype in self._row_dtypes:
+            if dtype not in bufs:
+                bufs[dtype] = torch.empty(self._layout.n_rows, dtype=dtype)
+            bufs[dtype].copy_(values)
+
+    def _view(self, name: str, pos: int, *, broadcast: bool = False) -> Tensor:
+        """Parameter ``pos``'s rows of factor buffer ``name`` (1-D, or shaped to broadcast against it)."""
+        key = (name, pos, broadcast)
+        view = self._views.get(key)
+        if view is None:
+            rows, p = self._layout.rows[pos], self._flat_params[pos]
+            view = self._factor_bufs[name][p.dtype][rows.offset:rows.offset + rows.n]
+            view = view.view(rows.shape_for(p)) if broadcast else view
+            self._views[key] = view
+        return view
+
+    def _params_of(self, mask: Tensor) -> list[int]:
+        """`RowLayout.params_of`, cached per group mask."""
+        key = ("params", hash(mask.numpy().tobytes()))
+        if key not in self._caches:
+            if len([k for k in self._caches if k[0] == "params"]) > 16:
+                self._caches = {k: v for k, v in self._caches.items() if k[0] != "params"}
+            self._caches[key] = self._layout.params_of(mask)
+        return self._caches[key]
+
+    def _scale(self, work: StepWork, name: str, hit: Tensor, *, foreach_only: bool) -> None:
+        """Multiplies the rows of the ``hit`` groups by factor buffer ``name``, except in the deferred
+        parameters (`_finish` scales those): parameters mostly hit with one foreach call over whole tensors
+        (rows with factor 1 are unchanged), the others on the hit rows only (gather, multiply, scatter)."""
+        full, sparse = self._scale_plan(hit)
+        keep = [pos for pos in full if pos not in work.deferred_pos and (not foreach_only or pos in work.foreach)]
+        if keep:
+            torch._foreach_mul_([self._flat_params[pos] for pos in keep],
+                                [self._view(name, pos, broadcast=True) for pos in keep])
+        for pos, local, rows_at, shape in sparse:
+            if pos in work.deferred_pos or (foreach_only and pos not in work.foreach):
+                continue
+            p, dim = self._flat_params[pos], self._layout.rows[pos].dim
+            factors = self._factor_bufs[name][p.dtype][rows_at].view(shape)
+            p.index_copy_(dim, local, p.index_select(dim, local).mul_(factors))
+
+    def _scale_plan(self, hit: Tensor) -> tuple[list[int], list[tuple[int, Tensor, Tensor, list[int]]]]:
+        """For a group mask: the parameters to scale whole, and (position, local rows, global rows, shape) of
+        those where under a quarter of the rows are hit (cached per mask)."""
+        key = ("plan", hash(hit.numpy().tobytes()))
+        if key not in self._caches:
+            if len([k for k in self._caches if k[0] == "plan"]) > 16:
+                self._caches = {k: v for k, v in self._caches.items() if k[0] != "plan"}
+            lay, full, sparse = self._layout, [], []
+            marked = torch.cat((hit, torch.zeros(1, dtype=torch.bool)))
+            for pos in self._params_of(hit):
+                rows = lay.rows[pos]
+                local = marked[rows.group].nonzero().flatten()
+                if rows.dim is None or 4 * local.numel() >= rows.n:
+                    full.append(pos)
+                else:
+                    shape = rows.shape_for(self._flat_params[pos])
+                    shape[rows.dim] = local.numel()
+                    sparse.append((pos, local, local + rows.offset, shape))
+            self._caches[key] = (full, sparse)
+        return self._caches[key]
