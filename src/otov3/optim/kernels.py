@@ -1,4 +1,5 @@
-"""Pure update kernels of H2SPG (spec §5.2–§5.5): scores, the λ rule, half-space projection, selection.
+"""Pure kernels of H2SPG, DHSPG and HESSO (spec §5.2–§5.6): scores, importance, the λ rule, half-space
+projection, selection (hierarchy check or node-group caps), deadline factors.
 
 Every function here is side-effect free and batched over groups: it takes per-group reductions
 (``⟨x_g, d_g⟩``, ``‖x_g‖²``, ``‖d_g‖²``) as 1-D tensors and returns per-group results, so the optimizer computes
