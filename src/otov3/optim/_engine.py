@@ -95,9 +95,10 @@ class GroupOptimizer(DirectionPass, RowOps, Optimizer):
         self._u_buffers: dict[int, Tensor] = {}
         self._scratch_buffers: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor, Tensor]] = {}
         self._caches: dict[Any, Any] = {}
-        self._factor_bufs: dict[str, dict[torch.dtype, Tensor]] = {}
+        self._factor_bufs: dict[str, dict[tuple[torch.dtype, torch.device], Tensor]] = {}
         self._views: dict[tuple[str, int, bool], Tensor] = {}
-        self._row_dtypes = sorted({self._flat_params[pos].dtype for pos in self._layout.rows}, key=str)
+        self._row_kinds = sorted({(self._flat_params[pos].dtype, self._flat_params[pos].device)
+                                  for pos in self._layout.rows}, key=str)
         self._loads = 0
         self.defaults.update(variant=variant, official_adam_init=official_adam_init, **defaults)
         self.state[self.RUN_KEY] = run
@@ -244,7 +245,7 @@ class GroupOptimizer(DirectionPass, RowOps, Optimizer):
                     if bool(hit.all()):
                         frozen.add(pos)
                     elif bool(hit.any()):
-                        rows_of[pos] = hit.nonzero().flatten()
+                        rows_of[pos] = hit.nonzero().flatten().to(self._flat_params[pos].device)
             self._caches = {k: v for k, v in self._caches.items() if k[0] != "zero"}
             self._caches[key] = (rows_of, frozenset(frozen))
         return self._caches[key]

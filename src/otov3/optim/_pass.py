@@ -116,9 +116,9 @@ class DirectionPass:
                 self._caches[key] = (torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows]))
             single, block = self._caches[key]
             if work.sink[0]:
-                out.index_add_(0, single, torch.stack(work.sink[0]).view(-1, 3).double())
+                out.index_add_(0, single, _stack(work.sink[0]).view(-1, 3).to(out.device, torch.float64))
             if work.sink[1]:
-                out.index_add_(0, block, torch.cat(work.sink[1]).double())
+                out.index_add_(0, block, _stack(work.sink[1], cat=True).to(out.device, torch.float64))
         reduce_rest(out, [(lay.rows[pos], x, d) for pos, x, d in work.rest], self._caches)
         alpha, keep = self._rows_of(work.lr_of, work.decay_of)
         if self.defaults["variant"] != "sgd":  # d = σ·u, u reduced
@@ -187,3 +187,10 @@ class StepWork:
     def defer(self, pos: int, finish: Callable[..., None]) -> None:
         self.deferred_pos.add(pos)
         self.deferred.append((pos, finish))
+
+
+def _stack(tensors: list[Tensor], *, cat: bool = False) -> Tensor:
+    """Stacks (or concatenates) reductions that may live on several devices (a model split over GPUs)."""
+    if len({t.device for t in tensors}) > 1:
+        tensors = [t.cpu() for t in tensors]
+    return torch.cat(tensors) if cat else torch.stack(tensors)

@@ -157,15 +157,17 @@ def reduce_rest(out: Tensor, items: Sequence[tuple[Rows, Tensor, Tensor]], cache
             dim = rows.dim or 0
             xv, dv = x.movedim(dim, 0).reshape(rows.n, -1), d.movedim(dim, 0).reshape(rows.n, -1)
             vals = torch.stack(((xv * xv).sum(1), (xv * dv).sum(1), (dv * dv).sum(1)), dim=1)
-            out[rows.offset:rows.offset + rows.n] += vals.to(out.dtype)
-    if not flat:
-        return
-    key = ("flat", tuple(r.pos for r, _, _ in flat))
-    if key not in cache:
-        cache[key] = (torch.cat([torch.full((r.n,), x.numel() // r.n) for r, x, _ in flat]),
-                      torch.cat([torch.arange(r.n) + r.offset for r, _, _ in flat]))
-    lengths, rows = cache[key]
-    x = torch.cat([x.reshape(-1) for _, x, _ in flat])
-    d = torch.cat([d.reshape(-1) for _, _, d in flat])
-    sums = [torch.segment_reduce(v, "sum", lengths=lengths) for v in (x * x, x * d, d * d)]
-    out.index_add_(0, rows, torch.stack(sums, dim=1).to(out.dtype))
+            out[rows.offset:rows.offset + rows.n] += vals.to(out.device, out.dtype)
+    by_device: dict[torch.device, list[tuple[Rows, Tensor, Tensor]]] = {}
+    for it in flat:
+        by_device.setdefault(it[1].device, []).append(it)
+    for device, group in by_device.items():
+        key = ("flat", device, tuple(r.pos for r, _, _ in group))
+        if key not in cache:
+            cache[key] = (torch.cat([torch.full((r.n,), x.numel() // r.n) for r, x, _ in group]).to(device),
+                          torch.cat([torch.arange(r.n) + r.offset for r, _, _ in group]))
+        lengths, rows = cache[key]
+        x = torch.cat([x.reshape(-1) for _, x, _ in group])
+        d = torch.cat([d.reshape(-1) for _, _, d in group])
+        sums = [torch.segment_reduce(v, "sum", lengths=lengths) for v in (x * x, x * d, d * d)]
+        out.index_add_(0, rows, torch.stack(sums, dim=1).to(out.device, out.dtype))

@@ -41,10 +41,10 @@ class RowOps:
 
     def _fill(self, name: str, values: Tensor) -> None:
         bufs = self._factor_bufs.setdefault(name, {})
-        for dtype in self._row_dtypes:
-            if dtype not in bufs:
-                bufs[dtype] = torch.empty(self._layout.n_rows, dtype=dtype)
-            bufs[dtype].copy_(values)
+        for dtype, device in self._row_kinds:
+            if (dtype, device) not in bufs:
+                bufs[dtype, device] = torch.empty(self._layout.n_rows, dtype=dtype, device=device)
+            bufs[dtype, device].copy_(values)
 
     def _view(self, name: str, pos: int, *, broadcast: bool = False) -> Tensor:
         """Parameter ``pos``'s rows of factor buffer ``name`` (1-D, or shaped to broadcast against it)."""
@@ -52,7 +52,7 @@ class RowOps:
         view = self._views.get(key)
         if view is None:
             rows, p = self._layout.rows[pos], self._flat_params[pos]
-            view = self._factor_bufs[name][p.dtype][rows.offset:rows.offset + rows.n]
+            view = self._factor_bufs[name][p.dtype, p.device][rows.offset:rows.offset + rows.n]
             view = view.view(rows.shape_for(p)) if broadcast else view
             self._views[key] = view
         return view
@@ -79,7 +79,7 @@ class RowOps:
             if pos in work.deferred_pos or (foreach_only and pos not in work.foreach):
                 continue
             p, dim = self._flat_params[pos], self._layout.rows[pos].dim
-            factors = self._factor_bufs[name][p.dtype][rows_at].view(shape)
+            factors = self._factor_bufs[name][p.dtype, p.device][rows_at].view(shape)
             p.index_copy_(dim, local, p.index_select(dim, local).mul_(factors))
 
     def _scale_plan(self, hit: Tensor) -> tuple[list[int], list[tuple[int, Tensor, Tensor, list[int]]]]:
@@ -99,6 +99,7 @@ class RowOps:
                 else:
                     shape = rows.shape_for(self._flat_params[pos])
                     shape[rows.dim] = local.numel()
-                    sparse.append((pos, local, local + rows.offset, shape))
+                    device = self._flat_params[pos].device
+                    sparse.append((pos, local.to(device), (local + rows.offset).to(device), shape))
             self._caches[key] = (full, sparse)
         return self._caches[key]
