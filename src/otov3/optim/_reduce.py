@@ -145,29 +145,40 @@ def adam_finish(x: Tensor, u: Tensor, pieces: Sequence[Piece], *, lr: float, sig
 def reduce_rest(out: Tensor, items: Sequence[tuple[Rows, Tensor, Tensor]], cache: dict) -> None:
     """Adds ``‖x‖², ⟨x,d⟩, ‖d‖²`` of each row of the non-chunked parameters into ``out`` (global rows × 3).
 
-    Parameters whose rows are contiguous (whole-parameter slices, rows along dim 0) are concatenated,
-    multiplied, and summed per row with one ``segment_reduce`` per product: a fixed number of tensor calls
-    however many parameters and rows there are. Rows along another dimension (ConvTranspose channels) are
-    reduced per parameter.
+    One-row parameters (whole-parameter slices): two foreach norms and a BLAS dot each. Parameters cut into rows
+    along dim 0: rows of equal width from all such parameters are concatenated into one matrix per width and
+    reduced with three row sums, a few tensor calls per distinct width however many parameters and rows there
+    are. Rows along another dimension (ConvTranspose channels) are reduced per parameter.
     """
-    flat = [it for it in items if it[0].dim in (None, 0) and it[1].is_contiguous() and it[2].is_contiguous()]
-    if len(flat) < len(items):
-        for rows, x, d in (it for it in items if not (it[0].dim in (None, 0) and it[1].is_contiguous()
-                                                       and it[2].is_contiguous())):
+    whole: dict[torch.device, list[tuple[Rows, Tensor, Tensor]]] = {}
+    rowed: dict[tuple[torch.device, int], list[tuple[Rows, Tensor, Tensor]]] = {}
+    for it in items:
+        rows, x, d = it
+        if rows.n == 1:
+            whole.setdefault(x.device, []).append(it)
+        elif rows.dim == 0 and x.is_contiguous() and d.is_contiguous():
+            rowed.setdefault((x.device, x.numel() // rows.n), []).append(it)
+        else:
             dim = rows.dim or 0
             xv, dv = x.movedim(dim, 0).reshape(rows.n, -1), d.movedim(dim, 0).reshape(rows.n, -1)
             vals = torch.stack(((xv * xv).sum(1), (xv * dv).sum(1), (dv * dv).sum(1)), dim=1)
             out[rows.offset:rows.offset + rows.n] += vals.to(out.device, out.dtype)
-    by_device: dict[torch.device, list[tuple[Rows, Tensor, Tensor]]] = {}
-    for it in flat:
-        by_device.setdefault(it[1].device, []).append(it)
-    for device, group in by_device.items():
-        key = ("flat", device, tuple(r.pos for r, _, _ in group))
-        if key not in cache:
-            cache[key] = (torch.cat([torch.full((r.n,), x.numel() // r.n) for r, x, _ in group]).to(device),
-                          torch.cat([torch.arange(r.n) + r.offset for r, _, _ in group]))
-        lengths, rows = cache[key]
-        x = torch.cat([x.reshape(-1) for _, x, _ in group])
-        d = torch.cat([d.reshape(-1) for _, _, d in group])
-        sums = [torch.segment_reduce(v, "sum", lengths=lengths) for v in (x * x, x * d, d * d)]
-        out.index_add_(0, rows, torch.stack(sums, dim=1).to(out.device, out.dtype))
+    for group in whole.values():
+        xs, ds = [x for _, x, _ in group], [d for _, _, d in group]
+        vals = torch.stack([*torch._foreach_norm(xs), *torch._foreach_norm(ds),
+                            *(torch.dot(x.reshape(-1), d.reshape(-1)) for x, d in zip(xs, ds, strict=True))])
+        vals = vals.to(out.device, out.dtype).view(3, -1)
+        out.index_add_(0, _rows_index(cache, group), torch.stack((vals[0] ** 2, vals[2], vals[1] ** 2), dim=1))
+    for (_, width), group in rowed.items():
+        xm = torch.cat([x.reshape(-1) for _, x, _ in group]).view(-1, width)
+        dm = torch.cat([d.reshape(-1) for _, _, d in group]).view(-1, width)
+        vals = torch.stack(((xm * xm).sum(1), (xm * dm).sum(1), (dm * dm).sum(1)), dim=1)
+        out.index_add_(0, _rows_index(cache, group), vals.to(out.device, out.dtype))
+
+
+def _rows_index(cache: dict, group: Sequence[tuple[Rows, Tensor, Tensor]]) -> Tensor:
+    """Global rows of a list of parameters, in order (cached per list)."""
+    key = ("rowidx", tuple(r.pos for r, _, _ in group))
+    if key not in cache:
+        cache[key] = torch.cat([torch.arange(r.n) + r.offset for r, _, _ in group])
+    return cache[key]
