@@ -225,6 +225,7 @@ def main() -> None:
                     baseline = lambda ps: torch.optim.Adam(ps, lr=1e-4)  # noqa: E731
                 for phase, opts in PHASES[cls].items():
                     saved = {k_: v.detach().clone() for k_, v in net.state_dict().items()}
+                    _with_grads(net)  # fresh gradients: an earlier cell's zero rows must not carry over
                     twin = _with_grads(copy.deepcopy(net))  # the baseline steps its own copy
                     opt = cls(net.parameters(), groups, valid, target_group_sparsity=k, variant=variant, **opts, **kw)
                     ms, t_ms, ratio = _median_pair(opt.step, baseline(twin.parameters()).step, args.reps or reps, 3)
