@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -192,9 +194,22 @@ def zero_random_(oto: OTO, fraction: float, seed: int = 0) -> list:
     return chosen
 
 
-def zero_input_channels(model: nn.Module, inputs: tuple, seed: int = 0, train: bool = False) -> dict[int, set[int]]:
-    """For every Conv/Linear (groups == 1): the input channels that are exactly zero on 16 random samples (in train
-    mode: norms use batch statistics, so a live channel is centred and a ReLU cannot silence it)."""
+@contextlib.contextmanager
+def _identity_relus() -> Iterator[None]:
+    """ReLUs pass values through (only while probing): then no channel is zero by chance, only by structure."""
+    saved = (torch.relu, F.relu, nn.ReLU.forward, nn.ReLU6.forward)
+    torch.relu = F.relu = lambda x, *a, **k: x
+    nn.ReLU.forward = nn.ReLU6.forward = lambda self, x: x
+    try:
+        yield
+    finally:
+        torch.relu, F.relu, nn.ReLU.forward, nn.ReLU6.forward = saved
+
+
+def zero_input_channels(model: nn.Module, inputs: tuple, seed: int = 0, *, train: bool = False, passes: int = 1
+                        ) -> dict[int, set[int]]:
+    """For every Conv/Linear/MultiheadAttention: the input channels that are exactly zero on `passes` random
+    batches (in train mode norms use batch statistics, so a live channel is centred and a ReLU cannot silence it)."""
     zero_in: dict[int, set[int]] = {}
     hooks = []
     for m in model.modules():
@@ -208,7 +223,7 @@ def zero_input_channels(model: nn.Module, inputs: tuple, seed: int = 0, train: b
     was = model.training
     model.train(train)
     generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
+    with torch.no_grad(), _identity_relus():
         for _ in range(8):
             model(*[torch.randn(a.shape, generator=generator) if a.is_floating_point() else a for a in inputs])
     model.train(was)
@@ -217,33 +232,35 @@ def zero_input_channels(model: nn.Module, inputs: tuple, seed: int = 0, train: b
     return zero_in
 
 
-def expected_params(model: nn.Module, zero: list, inputs: tuple) -> int:
+def expected_params(model: nn.Module, zero: list, inputs: tuple) -> int | None:
     """Oracle: the super-network's parameters minus the zero groups' rows and the input columns of every stem that
     reads a structurally zero channel, found by running the model (not by otov3's plan): a channel counts when it
-    is zero on 16 samples in each of two copies whose other parameters are redrawn at random (a channel that a ReLU
-    zeroes by chance does not survive both)."""
+    is zero in a copy whose other parameters are redrawn positive and whose ReLUs pass everything (so no channel
+    is zero by chance)
+    and not zero in a copy where nothing is zeroed; None when such a copy has zero channels (a LayerNorm over one
+    channel is zero whatever the weights, so zero channels do not tell which were removed)."""
     rows: dict[tuple[str, int], set[int]] = {}
     for g in zero:
         for s in g.slices:
             rows.setdefault((s.name, s.dim), set()).update(range(s.index.start, s.index.stop))
-    found: list[dict[int, set[int]]] = []
+    found: list[dict[str, set[int]]] = []
     modules = dict(model.named_modules())
-    for draw in range(2):
+    for draw in range(2):  # draw 0 keeps the zero rows; draw 1 zeroes nothing (what is zero anyway)
         probe = copy.deepcopy(model)
         generator = torch.Generator().manual_seed(100 + draw)
         with torch.no_grad():
             for name, p in probe.named_parameters():
                 keep = torch.zeros(p.shape, dtype=torch.bool)
                 for (pname, dim), idx in rows.items():
-                    if pname == name:
+                    if pname == name and draw == 0:
                         keep.index_fill_(dim, torch.tensor(sorted(idx)), True)
-                fresh = torch.randn(p.shape, generator=generator) * 0.5
-                if name.endswith("weight") and p.dim() == 1:  # norm scales: positive, like trained ones
-                    fresh = torch.rand(p.shape, generator=generator) + 0.5
-                p.copy_(torch.where(keep, p, fresh))
+                fresh = torch.rand(p.shape, generator=generator) * 0.5 + 0.05  # positive: a ReLU cannot silence
+                p.copy_(torch.where(keep, p, fresh))  # a channel of positive inputs by chance
         by_name = {id(m): n for n, m in probe.named_modules()}
-        found.append({by_name[k]: v for k, v in zero_input_channels(probe, inputs, draw, train=True).items()})
-    zero_in = {id(modules[n]): v & found[1].get(n, set()) for n, v in found[0].items()}
+        found.append({by_name[k]: v for k, v in zero_input_channels(probe, inputs, draw).items()})
+    if any(found[1].values()):
+        return None  # a channel is zero whatever the weights (a LayerNorm over one channel): no oracle
+    zero_in = {id(modules[n]): v for n, v in found[0].items()}
     total = 0
     for mod_name, m in modules.items():
         for name, p in m.named_parameters(recurse=False):

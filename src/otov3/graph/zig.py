@@ -14,7 +14,7 @@ from fractions import Fraction
 
 from otov3.graph.types import IN, TraceGraph
 from otov3.graph.zig_flow import Flow, follow_channels
-from otov3.graph.zig_layout import Layout, unify
+from otov3.graph.zig_layout import Layout, block_layout, unify
 from otov3.graph.zig_ops import ChannelKind, ChannelOp
 
 
@@ -72,29 +72,44 @@ class ZigAnalysis:
 
 
 def _tie_shared(trace: TraceGraph, flow: Flow, ops: dict[str, ChannelOp]) -> None:
-    """A tensor used at several places is cut once, so what it touches must be one set of channels (spec §4.2)."""
+    """A tensor used at several places is cut once, so what it touches must be one set of channels (spec §4.2):
+    every use must see the same layout, and a use whose channels no group owns keeps the others whole."""
     sp = flow.spaces
     rows: dict[str, list[int]] = defaultdict(list)
-    carried: dict[str, list[Layout]] = defaultdict(list)
-    cols: dict[str, list[Layout]] = defaultdict(list)
+    carried: dict[str, list[Layout | None]] = defaultdict(list)
+    cols: dict[str, list[Layout | None]] = defaultdict(list)
     for v, sid in flow.stems:
         for p, _ in ops[v].out_rows:
             rows[p].append(sid)
-    for v, lay in flow.carried:
-        for p, _ in ops[v].per_channel:
-            carried[p].append(lay)
-    for v, lay in flow.consumers:
-        for p, _ in ops[v].in_cols:
-            cols[p].append(lay)
+    for v, op in ops.items():
+        if op.kind is ChannelKind.PER_CHANNEL:
+            for p, _ in op.per_channel:
+                carried[p].append(flow.layouts.get(v))
+        elif op.kind is ChannelKind.STEM and v in trace.vertices and trace.vertices[v].inputs:
+            src = trace.vertices[v].inputs[0]
+            for p, _ in op.in_cols:
+                cols[p].append(flow.layouts.get(src) if src != IN else None)
+    dims: dict[str, set[tuple[str, int]]] = defaultdict(set)
+    for op in ops.values():
+        dims_of = (("rows", op.out_rows), ("cols", op.in_cols)) if op.kind is ChannelKind.STEM else ()
+        for role, pairs in dims_of:
+            for p, d in pairs:
+                dims[p].add((role, d))
     for p, sids in rows.items():
         for s in sids[1:]:
             sp.union(sids[0], s, f"shared '{p}'")
-        if p in carried:
-            sp.block(sids[0], f"'{p}' is used both as a stem weight and as a per-channel parameter")
+        row_dims = {d for role, d in dims[p] if role == "rows"}
+        col_dims = {d for role, d in dims[p] if role == "cols"}
+        if p in carried or len(row_dims) > 1 or len(col_dims) > 1 or row_dims & col_dims:
+            sp.block(sids[0], f"'{p}' is shared by operations that index its channels differently")
     for table in (carried, cols):
         for p, lays in table.items():
-            if len(lays) > 1:
-                unify(sp, lays, lays[0].axis, f"shared '{p}'")
+            tracked = [lay for lay in lays if lay is not None]
+            if len(tracked) < len(lays):
+                for lay in tracked:
+                    block_layout(sp, lay, f"'{p}' is also used where its channels are not followed")
+            elif len(tracked) > 1:
+                unify(sp, tracked, tracked[0].axis, f"shared '{p}'")
 
 
 def _zero_states(trace: TraceGraph, flow: Flow, ops: dict[str, ChannelOp]) -> dict[str, dict[int, str | None]]:
