@@ -274,3 +274,19 @@ def expected_params(model: nn.Module, zero: list, inputs: tuple) -> int | None:
                 shape[in_dim] -= len(zero_in[id(m)])
             total += math.prod(shape)
     return total
+
+
+class MoreUnprunable(nn.Module):
+    """The remaining reasons: an op pruning mode does not know (cumsum), a conv shared with the model input, and
+    a BN on the model input (no stem writes its channels, so no node group holds it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn0 = nn.BatchNorm2d(3)
+        self.odd, self.a, self.shared = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 3, 1), nn.Conv2d(3, 4, 1)
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        odd = torch.cumsum(self.odd(self.bn0(x)), 1)
+        parts = [odd, self.shared(torch.relu(self.a(x))), self.shared(x)]
+        return self.fc(torch.cat(parts, 1).mean((2, 3)))

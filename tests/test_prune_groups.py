@@ -25,6 +25,7 @@ from prune_nets import (
     FlattenNet,
     GroupNormNet,
     MHANet,
+    MoreUnprunable,
     TransposeNet,
     Unprunable,
 )
@@ -187,6 +188,16 @@ def test_every_unprunable_node_group_names_its_reason(capture):
     assert {g.node_group for g in oto.groups} == {node_groups(oto)["mix"].id}
     comp = {g.name: g.reason for g in oto.complementary}
     assert comp["glu"] == reasons["glu"]
+
+
+@pytest.mark.parametrize("capture", BACKENDS)
+def test_unknown_ops_shared_weights_and_channels_without_a_stem_are_kept_with_their_reasons(capture):
+    oto = prune(MoreUnprunable(), capture=capture)
+    reasons = {name: g.reason for name, g in node_groups(oto).items()}
+    assert "table" in reasons["odd"] and "cumsum" in reasons["odd"]
+    assert "'shared.weight' is also used where its channels are not followed" in reasons["a"]
+    rest = {g.name: g for g in oto.complementary}["<not channel-prunable>"]
+    assert {s.name for s in rest.slices} >= {"bn0.weight", "bn0.bias"} and "no node group" in rest.reason
 
 
 def test_group_divisible_keeps_small_node_groups_and_rounds_kept_channels_up():

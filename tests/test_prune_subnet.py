@@ -23,6 +23,7 @@ from prune_nets import (
     FlattenNet,
     GroupNormNet,
     MHANet,
+    MoreUnprunable,
     TransposeNet,
     Unprunable,
     expected_params,
@@ -62,6 +63,7 @@ SPECIAL = {
     "mha": (MHANet, (2, 5, 4)),
     "transpose": (TransposeNet, (2, 3, 4, 4)),
     "unprunable": (Unprunable, (2, 3, 6, 6)),
+    "more_unprunable": (MoreUnprunable, (2, 3, 6, 6)),
     "branchnet": (BranchNet, (4, 12)),
 }
 
