@@ -236,7 +236,7 @@ _ELEMENTWISE_FUNCTIONS = (
     F.relu, torch.relu, F.relu6, F.leaky_relu, F.gelu, F.silu, F.mish, F.elu, F.celu, F.selu, torch.tanh, F.tanh,
     F.hardswish, F.hardtanh, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, torch.neg,
     operator.neg, torch.sigmoid, F.sigmoid, F.hardsigmoid, F.softplus, F.logsigmoid, torch.exp, torch.cos,
-    torch.abs, torch.square,
+    torch.abs, torch.square, torch.pow, torch.sqrt, torch.erf, torch.sin,
 )
 _FUNCTION_TABLE: dict[Any, Builder] = {
     **{f: _EW for f in _ELEMENTWISE_FUNCTIONS},
@@ -274,7 +274,7 @@ _FUNCTION_TABLE: dict[Any, Builder] = {
 }
 _METHOD_TABLE: dict[str, Builder] = {
     **{m: _EW for m in ("relu", "sigmoid", "tanh", "neg", "exp", "cos", "abs", "contiguous", "clone", "float",
-                        "double", "half", "detach", "to", "type_as")},
+                        "double", "half", "detach", "to", "type_as", "pow", "sqrt", "square")},
     **{m: _binary for m in ("add", "add_", "sub", "mul", "mul_", "div", "div_")},
     **{m: _RESHAPE for m in ("view", "reshape")},
     **{m: lambda c: ChannelOp(K.RESHAPE) for m in ("flatten", "squeeze", "unsqueeze", "view_as", "reshape_as")},
@@ -325,7 +325,12 @@ _ATEN_TABLE: dict[Any, Builder] = {
                           aten.hardtanh.default, aten.tanh.default, aten.neg.default, aten.sigmoid.default,
                           aten.hardsigmoid.default, aten.softplus.default, aten.exp.default, aten.abs.default,
                           aten.clone.default, aten.contiguous.default, aten._to_copy.default, aten.alias.default,
-                          aten.detach.default, aten.to.dtype, aten.dropout.default, aten.type_as.default)},
+                          aten.detach.default, aten.to.dtype, aten.dropout.default, aten.type_as.default,
+                          aten.pow.Tensor_Scalar, aten.sqrt.default, aten.square.default, aten.sin.default,
+                          aten.cos.default, aten.erf.default, aten.log.default, aten.reciprocal.default,
+                          aten.rsqrt.default, aten.sign.default, aten.clamp.default, aten.clamp_min.default,
+                          aten.clamp_max.default, aten.where.self, aten.masked_fill.Scalar, aten.elu.default,
+                          aten.celu.default, aten.selu.default, aten.log_sigmoid_forward.default)},
     **{op: lambda c: _spatial(c, 2) for op in (aten.max_pool2d.default, aten.avg_pool2d.default,
                                                aten.adaptive_avg_pool2d.default, aten._adaptive_avg_pool2d.default)},
     **{op: lambda c: _spatial(c) for op in (aten.upsample_nearest2d.vec, aten.upsample_bilinear2d.vec)},
