@@ -1,8 +1,8 @@
 """Pruning-mode entries: how each op treats channels (`ChannelOp`, spec §4), for fx and torch.export graphs.
 
-Keys are exact, like the erasing-mode table: module classes (by `isinstance`, in order), function objects, aten
-overloads and method names. An op without an entry is opaque, with a reason: channels are never followed through
-an op otov3 does not know (a channel shuffle, a split, a reshape that mixes them).
+Keys are exact, like the erasing-mode table: module classes (by `isinstance`, in order), function objects, method
+names, and aten overloads (`otov3.ops.channel_aten`). An op without an entry is opaque, with a reason: channels
+are never followed through an op otov3 does not know (a channel shuffle, a split, a reshape that mixes them).
 """
 
 from __future__ import annotations
@@ -287,74 +287,11 @@ _METHOD_TABLE: dict[str, Builder] = {
 }
 
 
-def _aten_conv(c: _Ctx) -> ChannelOp:
-    target = c.node.target
-    if target is aten.convolution.default:
-        groups, transposed = c.arg(8, "groups", 1), bool(c.arg(6, "transposed", False))
-    else:
-        transposed = target in (aten.conv_transpose1d.default, aten.conv_transpose2d.input,
-                                aten.conv_transpose3d.input)
-        groups = c.arg(6, "groups", 1)
-    return _conv(c, _tensor_or_attr(c, 1, "weight"), _tensor_or_attr(c, 2, "bias"), groups or 1, transposed)
-
-
-_ATEN_TABLE: dict[Any, Builder] = {
-    **{op: _aten_conv for op in (aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.conv1d.padding,
-                                 aten.conv2d.padding, aten.conv3d.padding, aten.convolution.default,
-                                 aten.conv_transpose1d.default, aten.conv_transpose2d.input,
-                                 aten.conv_transpose3d.input)},
-    aten.linear.default: _FUNCTION_TABLE[F.linear],
-    aten.addmm.default: lambda c: ChannelOp(K.STEM, out_rows=_rows((_tensor_or_attr(c, 2, "mat2"), 1),
-                                                                   (_tensor_or_attr(c, 0, "self"), 0)),
-                                            in_cols=_rows((_tensor_or_attr(c, 2, "mat2"), 0)), axis=-1, in_axis=-1)
-    if _tensor_or_attr(c, 2, "mat2") else opaque("multiplies by a computed matrix"),
-    **{op: _two_data for op in (aten.mm.default, aten.matmul.default, aten.bmm.default)},
-    aten.embedding.default: lambda c: ChannelOp(K.STEM, out_rows=_rows((_tensor_or_attr(c, 0, "weight"), 1)),
-                                                axis=-1),
-    **{op: lambda c: _norm(c, _tensor_or_attr(c, 1, "weight"), _tensor_or_attr(c, 2, "bias"),
-                           _tensor_or_attr(c, 3, "running_mean"), _tensor_or_attr(c, 4, "running_var"))
-       for op in (aten.batch_norm.default, aten.instance_norm.default)},
-    aten.group_norm.default: lambda c: _norm(c, _tensor_or_attr(c, 2, "weight"), _tensor_or_attr(c, 3, "bias"),
-                                             None, None, block=c.vertex.in_shapes[0][1] // c.arg(1, "num_groups"),
-                                             rewrite="num_groups"),
-    aten.layer_norm.default: _FUNCTION_TABLE[F.layer_norm],
-    **{op: _binary for op in (aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor, aten.add.Scalar,
-                              aten.sub.Scalar, aten.mul.Scalar, aten.div.Scalar)},
-    **{op: _EW for op in (aten.relu.default, aten.relu6.default, aten.gelu.default, aten.silu.default,
-                          aten.mish.default, aten.elu.default, aten.leaky_relu.default, aten.hardswish.default,
-                          aten.hardtanh.default, aten.tanh.default, aten.neg.default, aten.sigmoid.default,
-                          aten.hardsigmoid.default, aten.softplus.default, aten.exp.default, aten.abs.default,
-                          aten.clone.default, aten.contiguous.default, aten._to_copy.default, aten.alias.default,
-                          aten.detach.default, aten.to.dtype, aten.dropout.default, aten.type_as.default,
-                          aten.pow.Tensor_Scalar, aten.sqrt.default, aten.square.default, aten.sin.default,
-                          aten.cos.default, aten.erf.default, aten.log.default, aten.reciprocal.default,
-                          aten.rsqrt.default, aten.sign.default, aten.clamp.default, aten.clamp_min.default,
-                          aten.clamp_max.default, aten.where.self, aten.masked_fill.Scalar, aten.elu.default,
-                          aten.celu.default, aten.selu.default, aten.log_sigmoid_forward.default)},
-    **{op: lambda c: _spatial(c, 2) for op in (aten.max_pool2d.default, aten.avg_pool2d.default,
-                                               aten.adaptive_avg_pool2d.default, aten._adaptive_avg_pool2d.default)},
-    **{op: lambda c: _spatial(c) for op in (aten.upsample_nearest2d.vec, aten.upsample_bilinear2d.vec)},
-    aten.constant_pad_nd.default: lambda c: _spatial(c, len(c.arg(1, "pad")) // 2),
-    **{op: _local_dim for op in (aten.softmax.int, aten._softmax.default, aten.log_softmax.int)},
-    **{op: _RESHAPE for op in (aten.view.default, aten.reshape.default, aten._unsafe_view.default)},
-    **{op: lambda c: ChannelOp(K.RESHAPE) for op in (aten.flatten.using_ints, aten.unflatten.int,
-                                                     aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default,
-                                                     aten.unsqueeze.default)},
-    aten.expand.default: lambda c: ChannelOp(K.ELEMENTWISE, rewrite="sizes"),
-    **{op: _permute for op in (aten.permute.default, aten.transpose.int, aten.t.default)},
-    **{op: _reduce for op in (aten.mean.dim, aten.sum.dim_IntList, aten.amax.default)},
-    aten.select.int: lambda c: ChannelOp(K.REDUCE, dims=(c.arg(1, "dim"),)),
-    aten.slice.Tensor: _slice,
-    **{op: lambda c: ChannelOp(K.CAT, dims=(c.arg(1, "dim", 0),)) for op in (aten.cat.default,
-                                                                              aten.concat.default)},
-    **{op: _split for op in (aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default,
-                             aten.unbind.int, aten.tensor_split.sections, aten.unsafe_split.Tensor)},
-    aten.scaled_dot_product_attention.default: lambda c: ChannelOp(K.ATTENTION),
-}
-
-
 _PER_SAMPLE_MASKS = ("torchvision.ops.stochastic_depth.stochastic_depth", "timm.layers.drop.drop_path",
                      "timm.models.layers.drop.drop_path")
+
+
+ATEN_TABLE: dict[Any, Builder] = {}  # filled by otov3.ops.channel_aten
 
 
 def _describe(ctx: _Ctx) -> ChannelOp:
@@ -368,7 +305,7 @@ def _describe(ctx: _Ctx) -> ChannelOp:
         build = _METHOD_TABLE.get(str(node.target))
     else:
         try:
-            build = _ATEN_TABLE.get(node.target) or _FUNCTION_TABLE.get(node.target)
+            build = ATEN_TABLE.get(node.target) or _FUNCTION_TABLE.get(node.target)
         except TypeError:
             build = None
         if build is None and qualified_name(node.target) in _PER_SAMPLE_MASKS:
@@ -380,6 +317,8 @@ def _describe(ctx: _Ctx) -> ChannelOp:
 
 def channel_ops(gm: torch.fx.GraphModule, trace: TraceGraph, values: dict[str, Any]) -> dict[str, ChannelOp]:
     """A `ChannelOp` for every trace vertex of `gm` (an exception while describing one makes it opaque)."""
+    from otov3.ops.channel_aten import ATEN_TABLE  # noqa: F401  (fills the aten entries on first use)
+
     nodes = {n.name: n for n in gm.graph.nodes}
     data = frozenset([*trace.vertices, *(n.name for n in gm.graph.nodes if n.op == "placeholder")])
     out = {}
