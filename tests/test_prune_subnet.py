@@ -82,13 +82,16 @@ def check_exact(model: nn.Module, x: torch.Tensor, capture: str, fraction: float
     return oto
 
 
-@pytest.mark.parametrize("name", list_supernets())
-def test_every_zoo_model_gives_an_exact_slimmer_subnet(name):
+ZOO_CASES = [(name, "fx") for name in list_supernets()] + [("demo_supnet", "export"), ("stacked_unets", "export")]
+
+
+@pytest.mark.parametrize(("name", "capture"), ZOO_CASES)
+def test_every_zoo_model_gives_an_exact_slimmer_subnet(name, capture):
     shape = (2, *get_supernet_spec(name).input_shape[1:])
     if name == "darts14":
         shape = (2, 3, 32, 32)
     model = create_supernet(name, **TINY_ZOO[name])
-    oto = check_exact(model, torch.randn(shape), "fx", 0.4)
+    oto = check_exact(model, torch.randn(shape), capture, 0.4)
     assert len(oto.groups) > 0
 
 
