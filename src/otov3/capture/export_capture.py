@@ -30,6 +30,7 @@ from torch.utils import _pytree as pytree
 
 import otov3.ops.aten  # noqa: F401  (fills the op table with aten entries)
 from otov3.capture.fx_capture import Captured, DummyInput, preserved_modes, split_dummy_input
+from otov3.capture.recording import ValueRecorder
 from otov3.errors import CaptureError
 
 aten = torch.ops.aten
@@ -294,30 +295,10 @@ def flat_inputs(gm: torch.fx.GraphModule, args: tuple, kwargs: dict) -> list[Any
     return list(fx_pytree.tree_flatten_spec((tuple(args), kwargs) if args_and_kwargs else list(args), spec))
 
 
-def _detach(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, list | tuple):
-        return type(value)(_detach(v) for v in value)
-    return value
-
-
-class _Recorder(torch.fx.Interpreter):
-    def __init__(self, gm: torch.fx.GraphModule) -> None:
-        super().__init__(gm, garbage_collect_values=False)
-        self.values: dict[str, Any] = {}
-
-    def run_node(self, n: torch.fx.Node) -> Any:
-        try:
-            out = super().run_node(n)
-        except Exception as err:
-            where = n.meta.get("otov3_module")
-            raise CaptureError(
-                f"Running the exported graph on dummy_input failed at node '{n.name}' ({n.target}"
-                f"{f', in module {where!r}' if where else ''}): {_first_lines(err)}"
-            ) from err
-        self.values[n.name] = _detach(out)
-        return out
+def _explain_failure(n: torch.fx.Node, err: Exception, values: dict[str, Any]) -> str:
+    where = n.meta.get("otov3_module")
+    return (f"Running the exported graph on dummy_input failed at node '{n.name}' ({n.target}"
+            f"{f', in module {where!r}' if where else ''}): {_first_lines(err)}")
 
 
 def _all_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
@@ -386,7 +367,7 @@ def capture_export(model: nn.Module, dummy_input: DummyInput) -> Captured:
         gm = _bind(exported, model)
         _drop_checks(gm)
         _annotate(gm)
-        recorder = _Recorder(gm)
+        recorder = ValueRecorder(gm, _explain_failure)
         with preserved_modes(model), torch.no_grad():
             recorder.run(*flat_inputs(gm, args, kwargs), enable_io_processing=False)
             difference = _difference(model(*args, **kwargs), gm(*args, **kwargs))

@@ -11,6 +11,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from otov3.capture.recording import ValueRecorder
 from otov3.errors import CaptureError
 from otov3.ops.user import user_leaf_classes
 
@@ -107,32 +108,15 @@ def _trace(model: nn.Module, leaf_modules: tuple[type, ...], kwargs: dict[str, A
     return torch.fx.GraphModule(tracer.root, graph, name)
 
 
-def _detach(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, list | tuple):
-        return type(value)(_detach(v) for v in value)
-    return value
-
-
-class _Recorder(torch.fx.Interpreter):
-    def __init__(self, gm: torch.fx.GraphModule) -> None:
-        super().__init__(gm, garbage_collect_values=False)
-        self.values: dict[str, Any] = {}
-
-    def run_node(self, n: torch.fx.Node) -> Any:
-        try:
-            out = super().run_node(n)
-        except Exception as err:
-            where = f"module '{n.target}' ({type(self.module.get_submodule(n.target)).__name__})" \
-                if n.op == "call_module" else f"'{n.target}'"
-            shapes = [tuple(v.shape) for v in self.values.values() if isinstance(v, torch.Tensor)][:1]
-            raise CaptureError(
-                f"Running the dummy input failed at node '{n.name}', {where}: {err}. Check that dummy_input "
-                f"has the shape and dtype the model expects (the first input had shape {shapes[0] if shapes else '?'})."
-            ) from err
-        self.values[n.name] = _detach(out)
-        return out
+def _explain_failure(n: torch.fx.Node, err: Exception, values: dict[str, Any]) -> str:
+    gm = n.graph.owning_module
+    where = f"module '{n.target}' ({type(gm.get_submodule(n.target)).__name__})" \
+        if n.op == "call_module" else f"'{n.target}'"
+    shapes = [tuple(v.shape) for v in values.values() if isinstance(v, torch.Tensor)][:1]
+    return (
+        f"Running the dummy input failed at node '{n.name}', {where}: {err}. Check that dummy_input "
+        f"has the shape and dtype the model expects (the first input had shape {shapes[0] if shapes else '?'})."
+    )
 
 
 def capture(model: nn.Module, dummy_input: DummyInput, *, leaf_modules: Sequence[type] = ()) -> Captured:
@@ -147,7 +131,7 @@ def capture(model: nn.Module, dummy_input: DummyInput, *, leaf_modules: Sequence
         raise CaptureError(
             f"dummy_input has {len(args)} positional inputs but the model's forward takes {len(placeholders)}."
         )
-    recorder = _Recorder(gm)
+    recorder = ValueRecorder(gm, _explain_failure)
     with preserved_modes(model), torch.no_grad():
         env_args = list(args)
         for ph in placeholders[len(args):]:
