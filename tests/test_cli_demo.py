@@ -98,6 +98,83 @@ def test_demo_rejects_a_budget_without_a_single_batch(fake_data, tmp_path, capsy
     assert "epoch" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def prune_run(fake_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo-prune")
+    code = main(["demo", "--mode", "prune", "--data", str(fake_data), "--out", str(out), *TINY, "--no-baseline"])
+    return code, out
+
+
+def test_prune_demo_writes_every_artefact_and_says_which_mode(prune_run):
+    code, out = prune_run
+    assert code == 0
+    for rel in ("report.md", "metrics.json", "group_norms.png", "subnet/state_dict.pt", "subnet/subnet.py",
+                "subnet/summary.json", "graphs/channel_groups.dot", "graphs/subnet_graph.dot"):
+        assert (out / rel).is_file(), rel
+    assert not (out / "baseline.pt").exists()
+    assert (out / "group_norms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "| Model | FLOPs (M MACs) | # of Params (M) | Top-1 Acc. (%) |" in report
+    assert "| DemoSupNet OTOv3 super-network (trained, pruning mode, HESSO) |" in report
+    assert "| DemoSupNet OTOv3 sub-network (pruning mode, HESSO) |" in report
+    assert "pruning mode" in report.splitlines()[0] and "Removed channel groups: 25 of 51" in report
+
+
+def test_prune_demo_subnet_is_the_same_network_with_fewer_channels_and_exact(prune_run):
+    _, out = prune_run
+    m = json.loads((out / "metrics.json").read_text())
+    s = m["settings"]
+    assert (s["mode"], s["optimizer"], s["target_sparsity"]) == ("prune", "hesso", 0.5)
+    assert "target_groups" not in s and m["hesso_train_seconds"] > 0
+    # width 0.125: 6 channels in the stem and each 28x28 branch, 21 after fuse; 0.5 of the 51 groups -> 25
+    assert m["channel_groups"] == 51 and len(m["removed_groups"]) == 25
+    assert set(m["removed_groups"]) == set(m["redundant_groups"])
+    assert sum(z for z, _ in m["removed_per_node_group"].values()) == 25
+    assert all(z < n for z, n in m["removed_per_node_group"].values())  # every node group keeps a channel
+    assert m["macs_after"] < m["macs_before"] and m["params_after"] < m["params_before"]
+    assert m["same_predictions_percent"] == 100.0 and m["subnet_top1"] == m["super_top1"]
+    namespace: dict = {}
+    exec(compile((out / "subnet" / "subnet.py").read_text(), "subnet.py", "exec"), namespace)
+    model = namespace["SubNet"]()
+    model.load_state_dict(torch.load(out / "subnet" / "state_dict.pt", weights_only=True))  # strict
+    assert model.eval()(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    convs = {n: mod for n, mod in model.named_modules() if isinstance(mod, torch.nn.Conv2d)}
+    assert len(convs) == 8  # every operation stays; only channels go
+    assert sum(c.out_channels for c in convs.values()) < 5 * 6 + 3 * 21
+
+
+def test_prune_demo_with_dhspg_and_its_own_target(fake_data, tmp_path, capsys):
+    code = main(["demo", "--mode", "prune", "--optimizer", "dhspg", "--target-sparsity", "0.3",
+                 "--data", str(fake_data), "--out", str(tmp_path), *TINY, "--no-baseline"])
+    assert code == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["settings"]["optimizer"] == "dhspg" and len(m["removed_groups"]) == 15  # int(0.3 * 51)
+    assert m["same_predictions_percent"] == 100.0 and "dhspg_train_seconds" in m
+    assert "| DemoSupNet OTOv3 sub-network (pruning mode, DHSPG) |" in capsys.readouterr().out
+
+
+def test_erase_demo_keeps_its_rows_and_settings(demo_run):
+    _, out = demo_run
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["settings"]["target_groups"] == 3 and "mode" not in m["settings"] and "h2spg_train_seconds" in m
+    report = (out / "report.md").read_text()
+    assert "| DemoSupNet OTOv3 sub-network |" in report and "pruning mode" not in report
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--optimizer", "dhspg"], "--optimizer applies to --mode prune"),
+    (["--target-sparsity", "0.5"], "--target-sparsity applies to --mode prune"),
+    (["--mode", "prune", "--target-groups", "2"], "--target-groups applies to --mode erase"),
+    (["--mode", "prune", "--target-sparsity", "1.5"], "--target-sparsity must be a fraction in (0, 1)"),
+    (["--mode", "prune", "--target-sparsity", "0"], "--target-sparsity must be a fraction in (0, 1)"),
+])
+def test_demo_refuses_flags_of_the_other_mode_in_one_line(fake_data, tmp_path, capsys, flags, says):
+    assert main(["demo", "--data", str(fake_data), "--out", str(tmp_path / "o"), *TINY, *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("otov3: error: ") and says in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()  # refused before anything is written
+
+
 @pytest.mark.skipif(not DEFAULT_ROOT.is_dir(), reason=f"{DEFAULT_ROOT} is absent (dataset-fashion-mnist not installed)")
 def test_demo_on_real_fashion_mnist_subset(tmp_path, capsys):
     code = main(["demo", "--out", str(tmp_path), *TINY, "--train-samples", "320", "--test-samples", "300",

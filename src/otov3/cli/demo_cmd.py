@@ -1,7 +1,9 @@
 """`otov3 demo`: the paper's DemoSupNet experiment on real Fashion-MNIST, end to end (Table 1 shape).
 
 Trains a plain-SGD baseline and an H2SPG run of the same network with the same budget, constructs the
-sub-network, checks it is exact, evaluates all on the test set and writes a report.
+sub-network, checks it is exact, evaluates all on the test set and writes a report. With `--mode prune` the same
+run prunes channels instead of erasing operations: HESSO (or DHSPG, `--optimizer`) zeroes `--target-sparsity` of
+DemoSupNet's channel groups and the sub-network keeps every operation with fewer channels.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import torch
 
 from otov3 import OTO
-from otov3.cli.report import plot_group_norms, table_markdown, write_report
+from otov3.cli.report import plot_group_norms, removed_text, table_markdown, write_report
 from otov3.cli.training import evaluate, train
 from otov3.data import load_fashion_mnist
 from otov3.errors import OTOError
@@ -25,12 +27,15 @@ from otov3.zoo.demo_supnet import DemoSupNet
 # Default budget: about 10 minutes on 2 CPU cores (stated in the README and the report).
 QUICK = dict(epochs=2, train_samples=12_000, test_samples=10_000, width=0.5)
 FULL = dict(epochs=30, train_samples=60_000, test_samples=10_000, width=1.0)
+PRUNE_OPTIMIZERS = ("hesso", "dhspg")
+OPTIMIZER_NAMES = {"h2spg": "H2SPG", "hesso": "HESSO", "dhspg": "DHSPG"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="train DemoSupNet on Fashion-MNIST with H2SPG and build its sub-network (the main job)",
+        help="train DemoSupNet on Fashion-MNIST with H2SPG (or prune its channels: --mode prune) and build its "
+        "sub-network (the main job)",
         description=__doc__,
     )
     p.add_argument("--data", type=Path, default=None,
@@ -43,7 +48,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=float, help="DemoSupNet width multiplier (default 0.5, 1.0 with --full)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--target-groups", type=int, default=3, help="GeZIGs to remove (the paper: 3 of 5)")
+    p.add_argument("--mode", choices=("erase", "prune"), default="erase",
+                   help="erase: remove whole operations (GeZIGs) with H2SPG (default); prune: remove channels")
+    p.add_argument("--target-groups", type=int, default=None,
+                   help="erasing mode: GeZIGs to remove (default 3; the paper: 3 of 5)")
+    p.add_argument("--optimizer", choices=PRUNE_OPTIMIZERS, default=None,
+                   help="pruning mode: the optimizer that zeroes the channel groups (default hesso)")
+    p.add_argument("--target-sparsity", type=float, default=None,
+                   help="pruning mode: fraction of the channel groups to remove, in (0, 1) (default 0.5)")
     p.add_argument("--warmup-fraction", type=float, default=0.10,
                    help="share of the steps spent averaging redundancy scores before the selection (default 0.10)")
     p.add_argument("--zero-by", type=float, default=0.30,
@@ -66,6 +78,28 @@ def _settings(args: argparse.Namespace) -> dict:
     if not 0.0 <= args.warmup_fraction < args.zero_by <= 1.0:
         raise OTOError(f"need 0 <= --warmup-fraction < --zero-by <= 1, got {args.warmup_fraction} and {args.zero_by}")
     return base
+
+
+def _choice(args: argparse.Namespace) -> tuple[str, str, int | float]:
+    """(mode, optimizer, target): erasing mode removes `--target-groups` GeZIGs with H2SPG; pruning mode removes
+    `--target-sparsity` of the channel groups with `--optimizer`. Flags of the other mode are refused."""
+    if args.mode == "erase":
+        if args.optimizer is not None or args.target_sparsity is not None:
+            flag = "--optimizer" if args.optimizer is not None else "--target-sparsity"
+            raise OTOError(f"{flag} applies to --mode prune (channel groups); erasing mode trains with H2SPG and "
+                           "takes --target-groups")
+        target = 3 if args.target_groups is None else args.target_groups
+        if target < 1:
+            raise OTOError(f"--target-groups must be at least 1, got {target}")
+        return "erase", "h2spg", target
+    else:
+        if args.target_groups is not None:
+            raise OTOError("--target-groups applies to --mode erase (whole operations); pruning mode takes "
+                           "--target-sparsity F, the fraction of the channel groups to remove")
+        target = 0.5 if args.target_sparsity is None else args.target_sparsity
+        if not 0.0 < target < 1.0:
+            raise OTOError(f"--target-sparsity must be a fraction in (0, 1), got {target}")
+        return "prune", args.optimizer or "hesso", target
 
 
 def _subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,8 +133,21 @@ def _sgd_baseline(args, cfg, x, y, steps, device) -> tuple[torch.nn.Module, floa
     return model, time.perf_counter() - start
 
 
+def _removed_per_node_group(groups) -> dict[str, list[int]]:
+    """Pruning mode: node group -> [zero channel groups, channel groups] (channel groups are named `node:index`)."""
+    out: dict[str, list[int]] = {}
+    for g in groups:
+        counts = out.setdefault(g.name.rsplit(":", 1)[0], [0, 0])
+        counts[0] += int(g.is_zero())
+        counts[1] += 1
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = _settings(args)
+    mode, opt_name, target = _choice(args)
+    label = OPTIMIZER_NAMES[opt_name]
+    pruning = mode == "prune"
     device = torch.device(args.device)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -110,9 +157,10 @@ def run(args: argparse.Namespace) -> int:
     x_test, y_test = _subset(_normalise(x_test), y_test, cfg["test_samples"], args.seed + 1)
     steps = cfg["epochs"] * math.ceil(len(x_train) / args.batch_size)
     warmup, hybrid = _schedule(steps, args.warmup_fraction, args.zero_by)
-    print(f"DemoSupNet(width={cfg['width']}) on Fashion-MNIST: {len(x_train)} training / {len(x_test)} test images, "
-          f"{cfg['epochs']} epochs = {steps} steps of {args.batch_size}; H2SPG warm-up {warmup} steps, redundant "
-          f"groups zero by step {warmup + hybrid}; device {device}.")
+    what = (f"Pruning mode: {label} removes {100 * target:g} % of the channel groups. " if pruning else "")
+    print(f"{what}DemoSupNet(width={cfg['width']}) on Fashion-MNIST: {len(x_train)} training / {len(x_test)} test "
+          f"images, {cfg['epochs']} epochs = {steps} steps of {args.batch_size}; {label} warm-up {warmup} steps, "
+          f"redundant groups zero by step {warmup + hybrid}; device {device}.")
 
     dummy = torch.zeros(1, 1, 28, 28, device=device)
     rows = []
@@ -132,10 +180,11 @@ def run(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed)
     model = DemoSupNet(width=cfg["width"]).to(device)
-    oto = OTO(model, dummy)
+    oto = OTO(model, dummy, mode=mode)
     print(oto.summary())
-    optimizer = oto.h2spg(variant="sgd", lr=args.lr, momentum=0.9, weight_decay=1e-4,
-                          target_group_sparsity=args.target_groups, warmup_steps=warmup, hybrid_steps=hybrid)
+    make = getattr(oto, opt_name)
+    optimizer = make(variant="sgd", lr=args.lr, momentum=0.9, weight_decay=1e-4, target_group_sparsity=target,
+                     warmup_steps=warmup, hybrid_steps=hybrid)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     history: list[list[float]] = []
 
@@ -145,7 +194,8 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     train(model, optimizer, x_train, y_train, epochs=cfg["epochs"], batch_size=args.batch_size, seed=args.seed,
-          device=device, scheduler=scheduler, desc="OTOv3 H2SPG", on_step=on_step)
+          device=device, scheduler=scheduler, desc=f"OTOv3 {label}" + (" (prune)" if pruning else ""),
+          on_step=on_step)
     train_seconds = time.perf_counter() - start
 
     super_acc, super_pred = evaluate(model, x_test, y_test, device=device)
@@ -153,13 +203,20 @@ def run(args: argparse.Namespace) -> int:
     sub_acc, sub_pred = evaluate(subnet, x_test, y_test, device=device)
     same_predictions = round(float((super_pred == sub_pred).double().mean() * 100), 2)
     report = oto.compression_report(subnet)
-    rows.append(("DemoSupNet OTOv3 super-network (trained)", report["macs_before"], report["params_before"],
-                 super_acc))
-    rows.append(("DemoSupNet OTOv3 sub-network", report["macs_after"], report["params_after"], sub_acc))
+    tag = f" (pruning mode, {label})" if pruning else ""
+    rows.append((f"DemoSupNet OTOv3 super-network (trained{', pruning mode, ' + label if pruning else ''})",
+                 report["macs_before"], report["params_before"], super_acc))
+    rows.append((f"DemoSupNet OTOv3 sub-network{tag}", report["macs_after"], report["params_after"], sub_acc))
 
     table = table_markdown(rows)
     print("\n" + table)
-    print(f"\nRemoved GeZIGs: {', '.join(g.name for g in oto.zero_groups()) or 'none'}; sub-network = "
+    removed = [g.name for g in oto.zero_groups()]
+    per_node = _removed_per_node_group(oto.groups) if pruning else {}
+    if pruning:
+        gone = f"Removed channel groups: {removed_text(per_node)}"
+    else:
+        gone = f"Removed GeZIGs: {', '.join(removed) or 'none'}"
+    print(f"\n{gone}; sub-network = "
           f"{100 * report['macs_ratio']:.1f} % of the MACs and {100 * report['params_ratio']:.1f} % of the "
           f"parameters; super- and sub-network agree on {same_predictions:.2f} % of test predictions.")
 
@@ -167,21 +224,30 @@ def run(args: argparse.Namespace) -> int:
     redundant = {g.name for g in getattr(optimizer, "redundant_groups", [])}
     graphs = oto.visualize(out / "graphs")
     plot = plot_group_norms(history, names, redundant, out / "group_norms.png", warmup=warmup,
-                            deadline=warmup + hybrid)
+                            deadline=warmup + hybrid, optimizer=label, by_node_group=pruning)
+    settings = {**cfg, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "steps": steps,
+                "warmup_steps": warmup, "hybrid_steps": hybrid}
+    if pruning:
+        settings.update(mode="prune", optimizer=opt_name, target_sparsity=target)
+    else:
+        settings.update(target_groups=target)
+    settings["device"] = str(device)
     metrics = {
-        "settings": {**cfg, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "steps": steps,
-                     "warmup_steps": warmup, "hybrid_steps": hybrid, "target_groups": args.target_groups,
-                     "device": str(device)},
+        "settings": settings,
         "baseline_top1": baseline_acc,
         "super_top1": super_acc,
         "subnet_top1": sub_acc,
         "same_predictions_percent": same_predictions,
-        "removed_groups": [g.name for g in oto.zero_groups()],
+        "removed_groups": removed,
         "redundant_groups": sorted(redundant),
-        "baseline_train_seconds": baseline_seconds,
-        "h2spg_train_seconds": train_seconds,
-        **report,
     }
+    if pruning:
+        metrics.update(channel_groups=len(oto.groups), removed_per_node_group=per_node)
+    metrics.update({
+        "baseline_train_seconds": baseline_seconds,
+        f"{opt_name}_train_seconds": train_seconds,
+        **report,
+    })
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_report(out / "report.md", table, metrics, graphs, plot, oto.summary())
     print(f"\nReport: {out / 'report.md'}")

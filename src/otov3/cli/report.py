@@ -1,4 +1,4 @@
-"""The demo's outputs for people: the Table-1-shaped table, the group-norm plot, report.md."""
+"""The demo's outputs for people: the Table-1-shaped table, the group-norm plot, report.md (both modes)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,34 @@ def table_markdown(rows: list[tuple[str, int, int, float]]) -> str:
     return "\n".join(lines)
 
 
+def removed_text(per_node: dict[str, list[int]]) -> str:
+    """Pruning mode: "102 of 204 (stem.conv1 12/24, ...)" from node group -> [zero, total] channel groups."""
+    zero = sum(z for z, _ in per_node.values())
+    total = sum(n for _, n in per_node.values())
+    parts = ", ".join(f"{name} {z}/{n}" for name, (z, n) in per_node.items())
+    return f"{zero} of {total} ({parts})"
+
+
+def _node_group_series(history: list[list[float]], names: list[str],
+                       redundant: set[str]) -> dict[str, tuple[list[float], list[float] | None]]:
+    """Pruning mode: per node group, the norm of its kept channel groups and of its redundant ones over the steps
+    (channel groups are named `node:index`; hundreds of single-channel lines would be unreadable)."""
+    members: dict[str, tuple[list[int], list[int]]] = {}
+    for i, name in enumerate(names):
+        kept, gone = members.setdefault(name.rsplit(":", 1)[0], ([], []))
+        (gone if name in redundant else kept).append(i)
+    def norm(idx: list[int]) -> list[float]:
+        return [sum(h[i] ** 2 for i in idx) ** 0.5 for h in history]
+
+    return {node: (norm(kept), norm(gone) if gone else None) for node, (kept, gone) in members.items()}
+
+
 def plot_group_norms(history: list[list[float]], names: list[str], redundant: set[str], path: Path, *,
-                     warmup: int, deadline: int) -> Path | None:
-    """Norm of every GeZIG over the training steps; redundant ones drawn dashed, reaching zero."""
+                     warmup: int, deadline: int, optimizer: str = "H2SPG", by_node_group: bool = False) -> Path | None:
+    """Norm of every GeZIG over the training steps; redundant ones drawn dashed, reaching zero.
+
+    With `by_node_group` (pruning mode) one colour per node group: the norm of its kept channel groups solid, of
+    its redundant ones dashed."""
     try:
         import matplotlib
 
@@ -32,15 +57,22 @@ def plot_group_norms(history: list[list[float]], names: list[str], redundant: se
         return None
     fig, ax = plt.subplots(figsize=(8, 4.5))
     steps = range(1, len(history) + 1)
-    for i, name in enumerate(names):
-        series = [h[i] for h in history]
-        style = "--" if name in redundant else "-"
-        ax.plot(steps, series, style, label=name + (" (redundant)" if name in redundant else ""))
+    if by_node_group:
+        for node, (kept, gone) in _node_group_series(history, names, redundant).items():
+            (line,) = ax.plot(steps, kept, "-", label=f"{node} (kept)")
+            if gone is not None:
+                ax.plot(steps, gone, "--", color=line.get_color(), label=f"{node} (redundant)")
+    else:
+        for i, name in enumerate(names):
+            series = [h[i] for h in history]
+            style = "--" if name in redundant else "-"
+            ax.plot(steps, series, style, label=name + (" (redundant)" if name in redundant else ""))
     ax.axvline(warmup, color="grey", linestyle=":", label="end of warm-up")
     ax.axvline(deadline, color="black", linestyle=":", label="redundant groups zero")
     ax.set_xlabel("step")
-    ax.set_ylabel("group norm ‖x_g‖")
-    ax.set_title("GeZIG norms during H2SPG training")
+    ax.set_ylabel("norm of the node group's channels" if by_node_group else "group norm ‖x_g‖")
+    what = "Channel-group norms (per node group)" if by_node_group else "GeZIG norms"
+    ax.set_title(f"{what} during {optimizer} training")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -50,23 +82,38 @@ def plot_group_norms(history: list[list[float]], names: list[str], redundant: se
 
 def write_report(path: Path, table: str, metrics: dict, graphs: list[Path], plot: Path | None, summary: str) -> None:
     s = metrics["settings"]
+    pruning = s.get("mode") == "prune"
+    deadline = s["warmup_steps"] + s["hybrid_steps"]
+    if pruning:
+        optimizer = s["optimizer"].upper()
+        title = "# otov3 demo: DemoSupNet on Fashion-MNIST, pruning mode (channels)"
+        plan = (f"{optimizer} (pruning mode): {100 * s['target_sparsity']:g} % of the {metrics['channel_groups']} "
+                f"channel groups to remove, warm-up {s['warmup_steps']} steps, redundant channel groups zero by step "
+                f"{deadline}.")
+        removed = f"Removed channel groups: {removed_text(metrics['removed_per_node_group'])}"
+        plot_heading = "## Channel-group norms during training (per node group)"
+    else:
+        title = "# otov3 demo: DemoSupNet on Fashion-MNIST"
+        plan = (f"H2SPG: {s['target_groups']} GeZIGs to remove, warm-up {s['warmup_steps']} steps, redundant groups "
+                f"zero by step {deadline}.")
+        removed = f"Removed GeZIGs: {', '.join(metrics['removed_groups']) or 'none'}"
+        plot_heading = "## GeZIG norms during training"
     lines = [
-        "# otov3 demo: DemoSupNet on Fashion-MNIST",
+        title,
         "",
         f"{s['train_samples']} training images, {s['test_samples']} test images, {s['epochs']} epochs "
         f"({s['steps']} steps of {s['batch_size']}), width {s['width']}, lr {s['lr']}, seed {s['seed']}, "
-        f"device {s['device']}. H2SPG: {s['target_groups']} GeZIGs to remove, warm-up {s['warmup_steps']} steps, "
-        f"redundant groups zero by step {s['warmup_steps'] + s['hybrid_steps']}.",
+        f"device {s['device']}. {plan}",
         "",
         table,
         "",
-        f"Removed GeZIGs: {', '.join(metrics['removed_groups']) or 'none'}. The sub-network was checked to return "
+        f"{removed}. The sub-network was checked to return "
         f"the trained super-network's outputs; they agree on {metrics['same_predictions_percent']:.2f} % of the "
         "test predictions.",
         "",
     ]
     if plot is not None:
-        lines += ["## GeZIG norms during training", "", f"![group norms]({plot.name})", ""]
+        lines += [plot_heading, "", f"![group norms]({plot.name})", ""]
     svgs = [g for g in graphs if g.suffix == ".svg"]
     if svgs:
         lines += ["## Graphs", ""]
