@@ -19,19 +19,30 @@ import torch
 from torch import Tensor
 
 from otov3.optim import _checks, kernels
-from otov3.optim._engine import Decision, GroupOptimizer
+from otov3.optim._engine import Decision, GroupOptimizer, variant_default
 
 
 class HalfSpaceOptimizer(GroupOptimizer):
     """`GroupOptimizer` with the λ step and half-space projection of spec §5.4–§5.5 (H2SPG, DHSPG)."""
 
-    def _check_halfspace_options(self, epsilon: float, lam: float, eta: float, kappa: float,
-                                 deadline_window: float) -> None:
+    def _halfspace_settings(
+        self, variant: str, *, epsilon: float, lam: float | None, eta: float | None, kappa: float | None,
+        deadline_window: float, score_weights: tuple[float, float], warmup_steps: int, hybrid_steps: int | None,
+    ) -> tuple[float, float, float, int, int | None]:
+        """The options H2SPG and DHSPG share, checked: returns ``(lam, eta, kappa, warmup_steps, hybrid_steps)``
+        with the variant's λ, η, κ defaults filled in and the step counts made whole."""
+        lam, eta, kappa = (variant_default(variant, "lam", lam), variant_default(variant, "eta", eta),
+                           variant_default(variant, "kappa", kappa))
         _checks.check_number("epsilon", epsilon, 0.0, 1.0, high_open=True)
         _checks.check_number("lam", lam, 0.0)
         _checks.check_number("eta", eta, 1.0)
         _checks.check_number("kappa", kappa, 1.0)
         _checks.check_number("deadline_window", deadline_window, 0.0, 1.0, low_open=True)
+        warmup_steps = _checks.whole_steps("warmup_steps", warmup_steps, 0)
+        hybrid_steps = _checks.whole_steps("hybrid_steps", hybrid_steps, 1, optional=True)
+        _checks.require(len(score_weights) == 2 and all(_checks._real(w) and w >= 0 for w in score_weights),
+                        "score_weights", score_weights, "must be two finite non-negative weights")
+        return lam, eta, kappa, warmup_steps, hybrid_steps
 
     def _forcing(self, n: int) -> float:
         """The deadline-window shrink factor of step ``n`` (1 outside the window; 0 at the deadline)."""

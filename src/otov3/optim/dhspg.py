@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from otov3.optim import _checks, kernels
-from otov3.optim._checks import check_number, require, whole_steps
-from otov3.optim._engine import Decision, preset, variant_default
+from otov3.optim._checks import check_number
+from otov3.optim._engine import Decision, preset
 from otov3.optim._halfspace import HalfSpaceOptimizer
 from otov3.space import Group
 
@@ -93,14 +93,10 @@ class DHSPG(HalfSpaceOptimizer):
         param_names: Sequence[str] | None = None,
     ) -> None:
         base = preset(variant, lr, momentum, dampening, weight_decay, betas, adam_eps)
-        lam, eta, kappa = (variant_default(variant, "lam", lam), variant_default(variant, "eta", eta),
-                           variant_default(variant, "kappa", kappa))
-        self._check_halfspace_options(epsilon, lam, eta, kappa, deadline_window)
+        lam, eta, kappa, warmup_steps, hybrid_steps = self._halfspace_settings(
+            variant, epsilon=epsilon, lam=lam, eta=eta, kappa=kappa, deadline_window=deadline_window,
+            score_weights=score_weights, warmup_steps=warmup_steps, hybrid_steps=hybrid_steps)
         check_number("tolerance", tolerance, 0.0, 1.0)
-        warmup_steps = whole_steps("warmup_steps", warmup_steps, 0)
-        hybrid_steps = whole_steps("hybrid_steps", hybrid_steps, 1, optional=True)
-        require(len(score_weights) == 2 and all(_checks._real(w) and w >= 0 for w in score_weights),
-                "score_weights", score_weights, "must be two finite non-negative weights")
         if not groups:
             raise ValueError("groups is empty: DHSPG needs at least one prunable group")
         n = len(groups)
