@@ -304,3 +304,19 @@ def test_reshape_layouts_follow_flattens_and_head_splits_and_refuse_interleaving
     heads, packed = reshape_layout(Layout(2, (Seg(0, 0, 8),)), (2, 5, 8), (2, 5, 2, 4))
     assert packed == 4 and heads == Layout(2, (Seg(0, 0, 2, Fraction(1, 4)),))
     assert reshape_layout(Layout(2, (Seg(0, 0, 4),)), (2, 6, 4), (2, 24))[0] is None  # (N, T, C) -> (N, T*C)
+
+
+def test_a_batch_one_dummy_keeps_channels_on_dim_1_through_pool_flatten_linear():
+    """(1, C, 1, 1) -> (1, C): dim 0 has the same prefix product as dim 1, but the channels stay on dim 1, so the
+    last conv before an `AdaptiveAvgPool2d(1) -> Flatten -> Linear` head is prunable whatever the batch."""
+    split = Layout(1, (Seg(0, 8, Fraction(1), 0),))
+    assert reshape_layout(split, (1, 8, 1, 1), (1, 8))[0].axis == 1
+    assert reshape_layout(split, (2, 8, 1, 1), (2, 8))[0].axis == 1
+    counts = []
+    for batch in (1, 2):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                              nn.Flatten(), nn.Linear(8, 4))
+        oto = OTO(model, torch.randn(batch, 3, 8, 8), mode="prune")
+        counts.append(len(oto.groups))
+    assert counts == [8, 8]

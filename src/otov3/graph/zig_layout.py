@@ -154,11 +154,14 @@ def reshape_layout(layout: Layout, src: tuple[int, ...], out: tuple[int, ...]) -
     """
     a = layout.axis
     width, pre = src[a], math.prod(src[:a])
+    # An exact match first: size-1 dims (a batch-1 dummy) let several output dims share the prefix product, and
+    # (1, C, 1, 1) -> (1, C) must keep C on dim 1, not read it as C channels packed into dim 0.
+    for b in range(len(out)):
+        if math.prod(out[:b]) == pre and out[b] == width:
+            return Layout(b, layout.segs), 1
     for b in range(len(out)):
         if math.prod(out[:b]) != pre:
             continue
-        if out[b] == width:
-            return Layout(b, layout.segs), 1
         if out[b] and out[b] % width == 0 and _is_prefix_product(out[b] // width, src[a + 1:]):
             return layout.scaled(b, Fraction(out[b] // width)), 1
         if out[b] and width % out[b] == 0 and _is_prefix_product(width // out[b], out[b + 1:]):
