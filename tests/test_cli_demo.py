@@ -117,7 +117,7 @@ def test_prune_demo_writes_every_artefact_and_says_which_mode(prune_run):
     assert "| Model | FLOPs (M MACs) | # of Params (M) | Top-1 Acc. (%) |" in report
     assert "| DemoSupNet OTOv3 super-network (trained, pruning mode, HESSO) |" in report
     assert "| DemoSupNet OTOv3 sub-network (pruning mode, HESSO) |" in report
-    assert "pruning mode" in report.splitlines()[0] and "Removed channel groups: 25 of 51" in report
+    assert "pruning mode" in report.splitlines()[0] and "Removed channel groups: 36 of 72" in report
 
 
 def test_prune_demo_subnet_is_the_same_network_with_fewer_channels_and_exact(prune_run):
@@ -126,10 +126,11 @@ def test_prune_demo_subnet_is_the_same_network_with_fewer_channels_and_exact(pru
     s = m["settings"]
     assert (s["mode"], s["optimizer"], s["target_sparsity"]) == ("prune", "hesso", 0.5)
     assert "target_groups" not in s and m["hesso_train_seconds"] > 0
-    # width 0.125: 6 channels in the stem and each 28x28 branch, 21 after fuse; 0.5 of the 51 groups -> 25
-    assert m["channel_groups"] == 51 and len(m["removed_groups"]) == 25
+    # width 0.125: 6 channels in the stem and each 28x28 branch, 21 after fuse and 21 in the branch7+8 node group
+    # that feeds the pooled head; 0.5 of the 72 groups -> 36
+    assert m["channel_groups"] == 72 and len(m["removed_groups"]) == 36
     assert set(m["removed_groups"]) == set(m["redundant_groups"])
-    assert sum(z for z, _ in m["removed_per_node_group"].values()) == 25
+    assert sum(z for z, _ in m["removed_per_node_group"].values()) == 36
     assert all(z < n for z, n in m["removed_per_node_group"].values())  # every node group keeps a channel
     assert m["macs_after"] < m["macs_before"] and m["params_after"] < m["params_before"]
     assert m["same_predictions_percent"] == 100.0 and m["subnet_top1"] == m["super_top1"]
@@ -148,7 +149,7 @@ def test_prune_demo_with_dhspg_and_its_own_target(fake_data, tmp_path, capsys):
                  "--data", str(fake_data), "--out", str(tmp_path), *TINY, "--no-baseline"])
     assert code == 0
     m = json.loads((tmp_path / "metrics.json").read_text())
-    assert m["settings"]["optimizer"] == "dhspg" and len(m["removed_groups"]) == 15  # int(0.3 * 51)
+    assert m["settings"]["optimizer"] == "dhspg" and len(m["removed_groups"]) == 21  # int(0.3 * 72)
     assert m["same_predictions_percent"] == 100.0 and "dhspg_train_seconds" in m
     assert "| DemoSupNet OTOv3 sub-network (pruning mode, DHSPG) |" in capsys.readouterr().out
 
