@@ -13,7 +13,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from blocks import stochastic_depth
+from blocks import channel_shuffle, drop_path, stochastic_depth  # the replicas: timm, torchvision
 
 IN_CHANNELS = 3
 INPUT_SHAPE = (2, IN_CHANNELS, 8, 8)
@@ -21,15 +21,6 @@ INPUT_SHAPE = (2, IN_CHANNELS, 8, 8)
 ModuleSpec = tuple[Any, ...]  # ("conv", c_in, c_out, k, bias) | ("bn", c, affine) | ("relu",) | ...
 
 torch.fx.wrap("stochastic_depth")  # torchvision's fx-wrapped function (its qualified name is in otov3's table)
-
-
-def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Stochastic depth as timm writes it, traced through by fx: a per-sample Bernoulli mask in training."""
-    if not training or p == 0.0:
-        return x
-    keep = 1.0 - p
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-    return x * mask / keep
 
 
 def _instantiate(spec: ModuleSpec) -> nn.Module:
@@ -77,11 +68,6 @@ def randomize_norms_(model: nn.Module) -> None:
                 m.running_var.uniform_(0.5, 1.5)
         for gamma in model.scales.values():
             gamma.uniform_(0.5, 1.5)
-
-
-def _channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    n, c, h, w = x.shape
-    return x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
 
 
 class RandomSupernet(nn.Module):
@@ -167,7 +153,7 @@ class RandomSupernet(nn.Module):
             elif op == "item":
                 y = env[a][instr[2]]
             elif op == "shuffle":
-                y = _channel_shuffle(env[a], instr[2])
+                y = channel_shuffle(env[a], instr[2])
             elif op == "tokens":
                 y = env[a].flatten(2).transpose(1, 2)
             elif op == "transpose":
