@@ -261,11 +261,14 @@ def expected_params(model: nn.Module, zero: list, inputs: tuple) -> int | None:
     if any(found[1].values()):
         return None  # a channel is zero whatever the weights (a LayerNorm over one channel): no oracle
     zero_in = {id(modules[n]): v for n, v in found[0].items()}
+    used = _reaching_output(model, inputs)
     total = 0
     for mod_name, m in modules.items():
         for name, p in m.named_parameters(recurse=False):
             shape = list(p.shape)
             full = f"{mod_name}.{name}" if mod_name else name
+            if full not in used:
+                continue  # dead code in the super-network too: no sub-network keeps it
             for (pname, dim), idx in rows.items():
                 if pname == full:
                     shape[dim] -= len(idx)
@@ -274,6 +277,17 @@ def expected_params(model: nn.Module, zero: list, inputs: tuple) -> int | None:
                 shape[in_dim] -= len(zero_in[id(m)])
             total += math.prod(shape)
     return total
+
+
+def _reaching_output(model: nn.Module, inputs: tuple) -> set[str]:
+    """Names of the parameters the model's output depends on (the autograd graph of one forward pass)."""
+    probe = copy.deepcopy(model).eval()
+    out = probe(*inputs)
+    leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.requires_grad]
+    named = [(n, p) for n, p in probe.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(sum(t.sum() for t in leaves), [p for _, p in named], allow_unused=True)
+    frozen = {n for n, p in probe.named_parameters() if not p.requires_grad}  # cannot tell: counted as used
+    return frozen | {n for (n, _), g in zip(named, grads, strict=True) if g is not None}
 
 
 class MoreUnprunable(nn.Module):

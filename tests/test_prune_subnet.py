@@ -155,3 +155,24 @@ def test_export_writes_state_dict_source_onnx_and_summary_that_rebuild_the_subne
     rebuilt.load_state_dict(state)
     assert_subnet_equivalent(model, rebuilt, (x,))
     assert_onnx_matches(out / "subnet.onnx", model, torch.randn(3, 3, 8, 8))
+
+
+class _DeadBranchNet(nn.Module):
+    """A conv whose result is never used: no sub-network keeps it, and the parameter oracle must not count it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused, self.a, self.b = nn.Conv2d(3, 4, 3), nn.Conv2d(3, 4, 1, bias=False), nn.Conv2d(4, 4, 1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _ = self.unused(x)
+        return self.fc(self.b(torch.relu(self.a(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_dead_code_of_the_super_network_is_neither_kept_nor_counted(capture):
+    model, x = _DeadBranchNet(), torch.randn(2, 3, 8, 8)
+    oto = OTO(model, x, mode="prune", capture=capture)
+    subnet = oto.construct_subnet()
+    assert count(subnet) == expected_params(model, [], (x,)) == count(model) - 4 * 3 * 9 - 4

@@ -14,7 +14,7 @@ from otov3.errors import ConstructionError
 from otov3.graph.zig_ops import ChannelOp
 from otov3.subnet.prune_plan import ChannelPlan
 from otov3.subnet.slicing import replace_tensor
-from otov3.subnet.surgery import _delete_unused_tensors
+from otov3.subnet.surgery import _delete_unused_tensors, _mutates
 
 aten = torch.ops.aten
 _GROUPS_AT = {aten.convolution.default: 8}  # other convolutions (aten and F.conv*) hold groups at 6
@@ -97,8 +97,10 @@ def apply_channel_plan(captured: Captured, ops: dict[str, ChannelOp], plan: Chan
             _fix_module(gm.get_submodule(node.target), op, new)
         elif new is not None and op.rewrite is not None:
             _rewrite_args(node, op, axis, old, new)
-    if captured.backend == "export":
-        _delete_unused_tensors(gm)  # e.g. num_batches_tracked, which the eval-mode graph never reads
+    # Dead code of the super-network goes, as in erasing mode (and as the export backend already did).
+    gm.graph.eliminate_dead_code(is_impure_node=_mutates if captured.backend == "export" else None)
+    gm.delete_all_unused_submodules()
+    _delete_unused_tensors(gm)  # e.g. num_batches_tracked, which the eval-mode export graph never reads
     gm.graph.lint()
     gm.recompile()
     return gm
