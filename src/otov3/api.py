@@ -54,15 +54,17 @@ class OTO:
             non-strict ``torch.export`` (aten ops; handles Python shape checks, a ``forward`` re-bound on the
             instance, Hugging Face models; the sub-network computes the eval-mode graph); "auto" (default) tries
             fx and falls back to export. ``oto.capture_backend`` says which one was used.
-        mode: "erase" (default; OTOv3: groups are whole operations, GeZIGs) or "prune" (OTOv2: groups are
-            channels, hidden units and attention heads of node groups, spec §4; `otov3.prune_space`).
+        mode: "erase" (default; OTOv3: groups are whole operations, GeZIGs), "prune" (OTOv2: groups are
+            channels, hidden units and attention heads of node groups, spec §4; `otov3.prune_space`) or "both"
+            (the GeZIGs and the channel groups: ``oto.h2spg(target_group_sparsity=K,
+            target_channel_sparsity=ρ)`` removes K operations and slims the others in one run).
         group_divisible: pruning mode: node groups with at most this many channel groups are kept whole, and the
             sub-network keeps channel counts that are multiples of it (zero channels come back to round up).
 
     Raises:
         CaptureError: the backend(s) could not capture the model; the message names each backend, the module
             where it failed and what to try.
-        ValueError: `mode` is not "erase" or "prune", or `group_divisible` is not a positive integer.
+        ValueError: `mode` is not "erase", "prune" or "both", or `group_divisible` is not a positive integer.
     """
 
     def __init__(
@@ -76,8 +78,8 @@ class OTO:
         mode: str = "erase",
         group_divisible: int = 1,
     ) -> None:
-        if mode not in ("erase", "prune"):
-            raise ValueError(f"mode must be 'erase' (whole operations) or 'prune' (channels), got {mode!r}.")
+        if mode not in ("erase", "prune", "both"):
+            raise ValueError(f"mode must be 'erase' (whole operations), 'prune' (channels) or 'both', got {mode!r}.")
         if isinstance(group_divisible, bool) or not isinstance(group_divisible, int) or group_divisible < 1:
             raise ValueError(f"group_divisible must be a positive integer, got {group_divisible!r}.")
         self.mode = mode
@@ -87,11 +89,16 @@ class OTO:
         self.dummy_input = dummy_input
         self.strict_validity = strict_validity
         self.space: SearchSpace = build_search_space(model, dummy_input, leaf_modules=leaf_modules, capture=capture)
-        self._prune = None
-        if mode == "prune":
+        self._prune = self._both = None
+        self.group_divisible = group_divisible
+        if mode in ("prune", "both"):
             from otov3.prune_space import build_prune_space
 
             self._prune = build_prune_space(self.space, model, group_divisible=group_divisible)
+        if mode == "both":
+            from otov3.both_space import build_both_space
+
+            self._both = build_both_space(tuple(self.space.gezigs), self._prune.groups)
 
     @property
     def capture_backend(self) -> str:
@@ -103,7 +110,10 @@ class OTO:
     @property
     def groups(self) -> list[Group]:
         """The removable groups: GeZIGs (minimal removal structures, in dependency-graph order), or in pruning
-        mode the channel groups (`Group.node_group` says which node group each belongs to)."""
+        mode the channel groups (`Group.node_group` says which node group each belongs to); in both modes the
+        GeZIGs, then the channel groups (`Group.kind` tells them apart)."""
+        if getattr(self, "_both", None) is not None:
+            return [*self._both.gezigs, *self._both.channels]
         if self._prune is not None:
             return list(self._prune.groups)
         return list(self.space.gezigs)
@@ -111,6 +121,8 @@ class OTO:
     @property
     def complementary(self) -> list[Group]:
         """Parametric segments (pruning mode: node groups) that cannot be removed, each with its `reason`."""
+        if getattr(self, "_both", None) is not None:
+            return list(self.space.complementary)
         if self._prune is not None:
             return list(self._prune.complementary)
         return list(self.space.complementary)
@@ -161,6 +173,8 @@ class OTO:
         Raises:
             SearchSpaceError: a name is unknown, a group belongs to another OTO or is not removable.
         """
+        if getattr(self, "_both", None) is not None:
+            return self._valid_both(self._resolve(groups), strict)
         if self._prune is not None:
             from otov3.prune_space import is_valid_channels
 
@@ -194,6 +208,8 @@ class OTO:
                     f"0..{len(gezigs) - 1}."
                 )
             chosen.append(gezigs[position])
+        if getattr(self, "_both", None) is not None:
+            return self._valid_both(chosen, strict)
         if self._prune is not None:
             from otov3.prune_space import is_valid_channels
 
@@ -201,6 +217,32 @@ class OTO:
         segments = {s for g in chosen for s in g.segments}
         strict = self.strict_validity if strict is None else strict
         return (valid_strict if strict else valid_basic)(self.space.dependency, segments)
+
+    def _valid_both(self, chosen: Sequence[Group], strict: bool | None) -> bool:
+        from otov3.both_mode import is_valid_both
+
+        strict = self.strict_validity if strict is None else strict
+        return is_valid_both(self.space, self._both.channels, chosen, strict=strict)
+
+    def _make_joint(self, label: str, *, strict: bool | None, options: dict, **kw):
+        """Both modes: H2SPG over the GeZIGs and the channel groups (`otov3.optim.joint.JointH2SPG`)."""
+        from otov3.optim.joint import JointH2SPG
+
+        if label != "h2spg":
+            raise ValueError(f"oto.{label}() works in one mode; in mode='both' train with oto.h2spg("
+                             "target_group_sparsity=K, target_channel_sparsity=rho)")
+        options = dict(options)
+        rho = options.pop("target_channel_sparsity", 0.0)
+        strict = self.strict_validity if strict is None else strict
+        check = valid_strict if strict else valid_basic
+        gezigs = self._both.gezigs
+        is_valid = lambda idx: check(self.space.dependency, {s for i in idx for s in gezigs[i].segments})  # noqa: E731
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        both = self._both
+        return JointH2SPG(params, both.gezigs, both.channels, both.atoms, both.atom_gezig, both.atom_channel,
+                          is_valid, target_channel_sparsity=rho, param_names=[names[id(p)] for p in params], **kw,
+                          **options)
 
     # --- training ------------------------------------------------------------------------------------
 
@@ -328,6 +370,10 @@ class OTO:
         from otov3.drift import check_drift
 
         check_drift(self, when="creating the optimizer")
+        if getattr(self, "_both", None) is not None:
+            optimizer = self._make_joint(label, strict=strict, options=options, **kw)
+            self._optimizer = optimizer
+            return optimizer
         if no_deadline is not None and kw["hybrid_steps"] is None:
             warnings.warn(no_deadline, UserWarning, stacklevel=3)
         pruning = getattr(self, "mode", "erase") == "prune"
@@ -404,7 +450,15 @@ class OTO:
             check_promise(optimizer, self.groups, allow_partial=allow_partial)
         zero = self.zero_groups()
         self._warn_nearly_zero(zero)
-        if self._prune is not None:
+        self._stages = None
+        if getattr(self, "_both", None) is not None:
+            from otov3.both_mode import build_both_subnet
+
+            def builder():
+                result = build_both_subnet(self.space, zero, group_divisible=self.group_divisible)
+                self._stages = result
+                return result.subnet
+        elif self._prune is not None:
             from otov3.prune_space import build_channel_subnet, is_valid_channels
 
             if not is_valid_channels(self._prune, zero):
@@ -413,14 +467,14 @@ class OTO:
                     f"{[g.name for g in zero]}. Keep at least one channel group per node group.")
             builder = lambda: build_channel_subnet(self.space, self._prune, zero)  # noqa: E731
         segments = {s for g in zero for s in g.segments}
-        if self._prune is None and not valid_basic(self.space.dependency, segments):
+        if self.mode == "erase" and not valid_basic(self.space.dependency, segments):
             raise ConstructionError(
                 "The zero groups disconnect the network (no path from input to output would remain): "
                 + ", ".join(g.name for g in zero)
                 + ". Use oto.is_valid_removal() to choose groups, or train with oto.h2spg()."
             )
         cap = self.space.captured
-        if self._prune is None:
+        if self.mode == "erase":
             plan = plan_subnet(self.space.trace, self.space.dependency, segments)
             builder = lambda: apply_plan(cap, self.space.trace, plan)  # noqa: E731
         try:
@@ -490,7 +544,8 @@ class OTO:
             )
 
     def compression_report(self, subnet: nn.Module | None = None) -> dict[str, float | int]:
-        """Parameters and MACs (spec §7) of the super-network and of the sub-network.
+        """Parameters and MACs (spec §7) of the super-network and of the sub-network; in both modes also after
+        removal alone, and what removal and slimming each saved (``*_saved_by_removal``, ``*_saved_by_slimming``).
 
         Args:
             subnet: the sub-network to measure; defaults to the last one `construct_subnet` built.
@@ -504,7 +559,7 @@ class OTO:
         example = _one_sample(cap.kwargs) if cap.kwargs else _one_sample(cap.args)
         before_p, after_p = count_params(self.model), count_params(subnet)
         before_f, after_f = count_flops(self.model, example), count_flops(subnet, example)
-        return {
+        report = {
             "params_before": before_p,
             "params_after": after_p,
             "params_ratio": after_p / before_p if before_p else 1.0,
@@ -512,6 +567,13 @@ class OTO:
             "macs_after": after_f,
             "macs_ratio": after_f / before_f if before_f else 1.0,
         }
+        stages = getattr(self, "_stages", None)
+        if stages is not None and subnet is stages.subnet:  # both modes: what removal and what slimming saved
+            erased_p, erased_f = count_params(stages.erased), count_flops(stages.erased, example)
+            report.update(params_after_removal=erased_p, macs_after_removal=erased_f,
+                          params_saved_by_removal=before_p - erased_p, macs_saved_by_removal=before_f - erased_f,
+                          params_saved_by_slimming=erased_p - after_p, macs_saved_by_slimming=erased_f - after_f)
+        return report
 
     def visualize(self, out_dir: str | Path, *, svg: bool = True) -> list[Path]:
         """Draw the trace graph, the dependency graph (GeZIGs coloured, zero ones dashed) and the sub-network.
@@ -547,11 +609,18 @@ class OTO:
 
     def summary(self) -> str:
         """A readable table of every parametric segment: group, ops, #params, status or reason (pruning mode:
-        every node group with its channel groups, or the reason it is kept whole)."""
+        every node group with its channel groups, or the reason it is kept whole; both modes: both tables)."""
         if self._prune is not None:
             from otov3.prune_space import prune_summary
 
-            return prune_summary(self.space, self._prune)
+            table = prune_summary(self.space, self._prune)
+            if getattr(self, "_both", None) is None:
+                return table
+            left = "".join(f"\n  left out: {g.name}: {why}" for g, why in self._both.left_out[:10])
+            return f"{self._erase_summary()}\n\nChannel groups of the operations:\n{table}{left}"
+        return self._erase_summary()
+
+    def _erase_summary(self) -> str:
         trace = self.space.trace
         rows = [("group", "ops", "#params", "status")]
         everything = sorted((*self.space.gezigs, *self.space.complementary), key=lambda g: g.segment)
@@ -581,6 +650,9 @@ class OTO:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
+        if getattr(self, "_both", None) is not None:
+            return (f"OTO({type(self.model).__name__}, mode='both', gezigs={len(self._both.gezigs)}, "
+                    f"channel_groups={len(self._both.channels)})")
         if self._prune is not None:
             return f"OTO({type(self.model).__name__}, mode='prune', channel_groups={len(self._prune.groups)})"
         return f"OTO({type(self.model).__name__}, gezigs={len(self.space.gezigs)})"
