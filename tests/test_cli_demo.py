@@ -157,9 +157,23 @@ def test_prune_demo_with_dhspg_and_its_own_target(fake_data, tmp_path, capsys):
 def test_erase_demo_keeps_its_rows_and_settings(demo_run):
     _, out = demo_run
     m = json.loads((out / "metrics.json").read_text())
-    assert m["settings"]["target_groups"] == 3 and "mode" not in m["settings"] and "h2spg_train_seconds" in m
+    assert m["settings"]["target_groups"] == 3 and m["settings"]["mode"] == "erase" and "h2spg_train_seconds" in m
     report = (out / "report.md").read_text()
     assert "| DemoSupNet OTOv3 sub-network |" in report and "pruning mode" not in report
+
+
+def test_both_demo_removes_operations_and_slims_the_rest_in_one_run(fake_data, tmp_path, capsys):
+    code = main(["demo", "--mode", "both", "--target-groups", "2", "--target-sparsity", "0.25",
+                 "--data", str(fake_data), "--out", str(tmp_path), *TINY, "--no-baseline"])
+    assert code == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    s = m["settings"]
+    assert (s["mode"], s["optimizer"], s["target_groups"], s["target_sparsity"]) == ("both", "h2spg", 2, 0.25)
+    assert len(m["removed_gezigs"]) == 2 and m["same_predictions_percent"] == 100.0
+    assert m["params_saved_by_removal"] > 0 and m["params_saved_by_slimming"] > 0
+    assert m["params_after"] == m["params_before"] - m["params_saved_by_removal"] - m["params_saved_by_slimming"]
+    out = capsys.readouterr().out
+    assert "| DemoSupNet OTOv3 sub-network (both modes) |" in out and "slimmed:" in out
 
 
 @pytest.mark.parametrize("flags, says", [
@@ -168,6 +182,10 @@ def test_erase_demo_keeps_its_rows_and_settings(demo_run):
     (["--mode", "prune", "--target-groups", "2"], "--target-groups applies to --mode erase"),
     (["--mode", "prune", "--target-sparsity", "1.5"], "--target-sparsity must be a fraction in (0, 1)"),
     (["--mode", "prune", "--target-sparsity", "0"], "--target-sparsity must be a fraction in (0, 1)"),
+    (["--mode", "both", "--optimizer", "hesso"], "--optimizer applies to --mode prune"),
+    (["--target-macs", "1.2"], "--target-macs must be a fraction in (0, 1)"),
+    (["--target-macs", "0.5", "--target-groups", "2"], "--target-groups and --target-macs both"),
+    (["--mode", "prune", "--target-macs", "0.5", "--target-sparsity", "0.3"], "--target-sparsity and --target-macs"),
 ])
 def test_demo_refuses_flags_of_the_other_mode_in_one_line(fake_data, tmp_path, capsys, flags, says):
     assert main(["demo", "--data", str(fake_data), "--out", str(tmp_path / "o"), *TINY, *flags]) == 2

@@ -3,7 +3,10 @@
 Trains a plain-SGD baseline and an H2SPG run of the same network with the same budget, constructs the
 sub-network, checks it is exact, evaluates all on the test set and writes a report. With `--mode prune` the same
 run prunes channels instead of erasing operations: HESSO (or DHSPG, `--optimizer`) zeroes `--target-sparsity` of
-DemoSupNet's channel groups and the sub-network keeps every operation with fewer channels.
+DemoSupNet's channel groups and the sub-network keeps every operation with fewer channels. `--mode both` does both
+in one run: H2SPG removes `--target-groups` operations and slims the others by `--target-sparsity`. `--target-macs F`
+replaces the counts in every mode: the sub-network has at most F of the super-network's MACs (in both modes the
+`--target-groups` operations go first, channels fill the rest of the budget).
 """
 
 from __future__ import annotations
@@ -48,14 +51,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=float, help="DemoSupNet width multiplier (default 0.5, 1.0 with --full)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--mode", choices=("erase", "prune"), default="erase",
-                   help="erase: remove whole operations (GeZIGs) with H2SPG (default); prune: remove channels")
+    p.add_argument("--mode", choices=("erase", "prune", "both"), default="erase",
+                   help="erase: remove whole operations (GeZIGs) with H2SPG (default); prune: remove channels; "
+                   "both: remove operations and slim the others in one run")
     p.add_argument("--target-groups", type=int, default=None,
-                   help="erasing mode: GeZIGs to remove (default 3; the paper: 3 of 5)")
+                   help="erasing mode: GeZIGs to remove (default 3; the paper: 3 of 5); both modes: default 1")
     p.add_argument("--optimizer", choices=PRUNE_OPTIMIZERS, default=None,
                    help="pruning mode: the optimizer that zeroes the channel groups (default hesso)")
     p.add_argument("--target-sparsity", type=float, default=None,
-                   help="pruning mode: fraction of the channel groups to remove, in (0, 1) (default 0.5)")
+                   help="pruning mode: fraction of the channel groups to remove, in (0, 1) (default 0.5; both "
+                   "modes: of the channel groups outside the removed operations, default 0.3)")
+    p.add_argument("--target-macs", type=float, default=None,
+                   help="a MACs budget instead of the counts: the sub-network keeps at most this fraction of the "
+                   "super-network's MACs, in (0, 1)")
     p.add_argument("--warmup-fraction", type=float, default=0.10,
                    help="share of the steps spent averaging redundancy scores before the selection (default 0.10)")
     p.add_argument("--zero-by", type=float, default=0.30,
@@ -80,26 +88,54 @@ def _settings(args: argparse.Namespace) -> dict:
     return base
 
 
-def _choice(args: argparse.Namespace) -> tuple[str, str, int | float]:
-    """(mode, optimizer, target): erasing mode removes `--target-groups` GeZIGs with H2SPG; pruning mode removes
-    `--target-sparsity` of the channel groups with `--optimizer`. Flags of the other mode are refused."""
+def _choice(args: argparse.Namespace) -> tuple[str, str, dict]:
+    """(mode, optimizer, target arguments): erasing mode removes `--target-groups` GeZIGs with H2SPG; pruning mode
+    removes `--target-sparsity` of the channel groups with `--optimizer`; both modes take both with H2SPG.
+    `--target-macs` replaces the count of the mode (both modes: the channel share). Flags of another mode and
+    two targets for one thing are refused."""
+    budget = args.target_macs
+    if budget is not None and not 0.0 < budget < 1.0:
+        raise OTOError(f"--target-macs must be a fraction in (0, 1) of the super-network's MACs, got {budget}")
+    if args.mode != "prune" and args.optimizer is not None:
+        raise OTOError("--optimizer applies to --mode prune (channel groups); erasing and both modes train with H2SPG")
+    if args.mode == "erase" and args.target_sparsity is not None:
+        raise OTOError("--target-sparsity applies to --mode prune or both (channel groups); erasing mode takes "
+                       "--target-groups")
+    if args.mode == "prune" and args.target_groups is not None:
+        raise OTOError("--target-groups applies to --mode erase or both (whole operations); pruning mode takes "
+                       "--target-sparsity F, the fraction of the channel groups to remove")
+    if args.target_groups is not None and args.target_groups < 1:
+        raise OTOError(f"--target-groups must be at least 1, got {args.target_groups}")
+    if args.target_sparsity is not None and not 0.0 < args.target_sparsity < 1.0:
+        raise OTOError(f"--target-sparsity must be a fraction in (0, 1), got {args.target_sparsity}")
+    counted = args.target_groups if args.mode == "erase" else args.target_sparsity
+    if budget is not None and counted is not None:
+        flag = "--target-groups" if args.mode == "erase" else "--target-sparsity"
+        raise OTOError(f"{flag} and --target-macs both decide how much is removed; pass one")
     if args.mode == "erase":
-        if args.optimizer is not None or args.target_sparsity is not None:
-            flag = "--optimizer" if args.optimizer is not None else "--target-sparsity"
-            raise OTOError(f"{flag} applies to --mode prune (channel groups); erasing mode trains with H2SPG and "
-                           "takes --target-groups")
-        target = 3 if args.target_groups is None else args.target_groups
-        if target < 1:
-            raise OTOError(f"--target-groups must be at least 1, got {target}")
-        return "erase", "h2spg", target
-    else:
-        if args.target_groups is not None:
-            raise OTOError("--target-groups applies to --mode erase (whole operations); pruning mode takes "
-                           "--target-sparsity F, the fraction of the channel groups to remove")
-        target = 0.5 if args.target_sparsity is None else args.target_sparsity
-        if not 0.0 < target < 1.0:
-            raise OTOError(f"--target-sparsity must be a fraction in (0, 1), got {target}")
-        return "prune", args.optimizer or "hesso", target
+        return "erase", "h2spg", ({"target_macs": budget} if budget is not None else
+                                  {"target_group_sparsity": 3 if counted is None else counted})
+    if args.mode == "prune":
+        return "prune", args.optimizer or "hesso", ({"target_macs": budget} if budget is not None else
+                                                    {"target_group_sparsity": 0.5 if counted is None else counted})
+    k = 1 if args.target_groups is None else args.target_groups
+    return "both", "h2spg", ({"target_group_sparsity": k, "target_macs": budget} if budget is not None else
+                             {"target_group_sparsity": k, "target_channel_sparsity": 0.3 if counted is None
+                              else counted})
+
+
+def _target_text(mode: str, label: str, targets: dict) -> str:
+    """What the run removes, in words."""
+    budget = f"at most {100 * targets['target_macs']:g} % of the MACs" if "target_macs" in targets else None
+    if mode == "erase":
+        return f"{label} removes " + (f"GeZIGs down to {budget}" if budget else
+                                      f"{targets['target_group_sparsity']} GeZIGs")
+    if mode == "prune":
+        return f"Pruning mode: {label} removes " + (f"channel groups down to {budget}" if budget else
+                                                    f"{100 * targets['target_group_sparsity']:g} % of the "
+                                                    "channel groups")
+    slim = budget or f"{100 * targets['target_channel_sparsity']:g} % of the remaining channel groups"
+    return f"Both modes: {label} removes {targets['target_group_sparsity']} GeZIG(s) and slims the rest ({slim})"
 
 
 def _subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,9 +181,10 @@ def _removed_per_node_group(groups) -> dict[str, list[int]]:
 
 def run(args: argparse.Namespace) -> int:
     cfg = _settings(args)
-    mode, opt_name, target = _choice(args)
+    mode, opt_name, targets = _choice(args)
     label = OPTIMIZER_NAMES[opt_name]
     pruning = mode == "prune"
+    channels = mode != "erase"
     device = torch.device(args.device)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -157,8 +194,8 @@ def run(args: argparse.Namespace) -> int:
     x_test, y_test = _subset(_normalise(x_test), y_test, cfg["test_samples"], args.seed + 1)
     steps = cfg["epochs"] * math.ceil(len(x_train) / args.batch_size)
     warmup, hybrid = _schedule(steps, args.warmup_fraction, args.zero_by)
-    what = (f"Pruning mode: {label} removes {100 * target:g} % of the channel groups. " if pruning else "")
-    print(f"{what}DemoSupNet(width={cfg['width']}) on Fashion-MNIST: {len(x_train)} training / {len(x_test)} test "
+    print(f"{_target_text(mode, label, targets)}. DemoSupNet(width={cfg['width']}) on Fashion-MNIST: "
+          f"{len(x_train)} training / {len(x_test)} test "
           f"images, {cfg['epochs']} epochs = {steps} steps of {args.batch_size}; {label} warm-up {warmup} steps, "
           f"redundant groups zero by step {warmup + hybrid}; device {device}.")
 
@@ -183,8 +220,8 @@ def run(args: argparse.Namespace) -> int:
     oto = OTO(model, dummy, mode=mode)
     print(oto.summary())
     make = getattr(oto, opt_name)
-    optimizer = make(variant="sgd", lr=args.lr, momentum=0.9, weight_decay=1e-4, target_group_sparsity=target,
-                     warmup_steps=warmup, hybrid_steps=hybrid)
+    optimizer = make(variant="sgd", lr=args.lr, momentum=0.9, weight_decay=1e-4, warmup_steps=warmup,
+                     hybrid_steps=hybrid, **targets)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     history: list[list[float]] = []
 
@@ -194,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     train(model, optimizer, x_train, y_train, epochs=cfg["epochs"], batch_size=args.batch_size, seed=args.seed,
-          device=device, scheduler=scheduler, desc=f"OTOv3 {label}" + (" (prune)" if pruning else ""),
+          device=device, scheduler=scheduler, desc=f"OTOv3 {label}" + ("" if mode == "erase" else f" ({mode})"),
           on_step=on_step)
     train_seconds = time.perf_counter() - start
 
@@ -203,17 +240,20 @@ def run(args: argparse.Namespace) -> int:
     sub_acc, sub_pred = evaluate(subnet, x_test, y_test, device=device)
     same_predictions = round(float((super_pred == sub_pred).double().mean() * 100), 2)
     report = oto.compression_report(subnet)
-    tag = f" (pruning mode, {label})" if pruning else ""
-    rows.append((f"DemoSupNet OTOv3 super-network (trained{', pruning mode, ' + label if pruning else ''})",
+    tag = {"erase": "", "prune": f" (pruning mode, {label})", "both": " (both modes)"}[mode]
+    rows.append((f"DemoSupNet OTOv3 super-network (trained{tag.replace(' (', ', ').rstrip(')')})",
                  report["macs_before"], report["params_before"], super_acc))
     rows.append((f"DemoSupNet OTOv3 sub-network{tag}", report["macs_after"], report["params_after"], sub_acc))
 
     table = table_markdown(rows)
     print("\n" + table)
     removed = [g.name for g in oto.zero_groups()]
-    per_node = _removed_per_node_group(oto.groups) if pruning else {}
+    per_node = _removed_per_node_group([g for g in oto.groups if not g.is_gezig]) if channels else {}
+    gone_gezigs = [g.name for g in oto.zero_groups() if g.is_gezig]
     if pruning:
         gone = f"Removed channel groups: {removed_text(per_node)}"
+    elif channels:
+        gone = f"Removed GeZIGs: {', '.join(gone_gezigs) or 'none'}; slimmed: {removed_text(per_node)}"
     else:
         gone = f"Removed GeZIGs: {', '.join(removed) or 'none'}"
     print(f"\n{gone}; sub-network = "
@@ -224,13 +264,12 @@ def run(args: argparse.Namespace) -> int:
     redundant = {g.name for g in getattr(optimizer, "redundant_groups", [])}
     graphs = oto.visualize(out / "graphs")
     plot = plot_group_norms(history, names, redundant, out / "group_norms.png", warmup=warmup,
-                            deadline=warmup + hybrid, optimizer=label, by_node_group=pruning)
+                            deadline=warmup + hybrid, optimizer=label, by_node_group=channels)
     settings = {**cfg, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "steps": steps,
                 "warmup_steps": warmup, "hybrid_steps": hybrid}
-    if pruning:
-        settings.update(mode="prune", optimizer=opt_name, target_sparsity=target)
-    else:
-        settings.update(target_groups=target)
+    friendly = {"target_group_sparsity": "target_sparsity" if pruning else "target_groups",
+                "target_channel_sparsity": "target_sparsity", "target_macs": "target_macs"}
+    settings.update(mode=mode, optimizer=opt_name, **{friendly[k]: v for k, v in targets.items()})
     settings["device"] = str(device)
     metrics = {
         "settings": settings,
@@ -241,8 +280,10 @@ def run(args: argparse.Namespace) -> int:
         "removed_groups": removed,
         "redundant_groups": sorted(redundant),
     }
-    if pruning:
-        metrics.update(channel_groups=len(oto.groups), removed_per_node_group=per_node)
+    if channels:
+        metrics.update(channel_groups=sum(1 for g in oto.groups if not g.is_gezig), removed_per_node_group=per_node)
+    if mode == "both":
+        metrics.update(removed_gezigs=gone_gezigs)
     metrics.update({
         "baseline_train_seconds": baseline_seconds,
         f"{opt_name}_train_seconds": train_seconds,
