@@ -195,18 +195,20 @@ class Selection:
 
 
 def greedy_select(
-    scores: Sequence[float], macs: Sequence[int], k: int, is_valid: Callable[[frozenset[int]], bool] | None,
+    scores: Sequence[float], macs: Sequence[int], k: int | None,
+    is_valid: Callable[[frozenset[int]], bool] | None,
     *, given: Sequence[int] = (), eligible: Sequence[int] | None = None, node_of: Sequence[int] | None = None,
 ) -> Selection:
     """Greedy hierarchical search of the redundant set (spec §5.5, worked example §3.4).
 
     Walks the groups by descending score (ties: fewer MACs first, then index) and accepts a group when the set
-    with it is still valid, until ``k`` groups are accepted.
+    with it is still valid, until ``k`` groups are accepted (``k=None``: no limit, the whole admission walk that
+    budget targets cut to their shortest fitting prefix, `otov3.optim._budget`).
 
     Args:
         scores: redundancy score per GeZIG (larger = more redundant).
         macs: multiply-accumulates per GeZIG (tie-break).
-        k: how many groups to accept.
+        k: how many groups to accept; None: every admissible group.
         is_valid: validity of removing the GeZIGs with these indices (spec §3.3); None: every set is valid
             (pruning mode), the top ``k`` are taken at once.
         given: groups removed already (HESSO's earlier periods): each check is on ``given ∪ accepted ∪ {g}``.
@@ -226,7 +228,7 @@ def greedy_select(
         used = Counter(node_of[g] for g in given if node_of[g] >= 0)
         chosen, refused = [], []
         for i in order:
-            if len(chosen) == k:
+            if k is not None and len(chosen) == k:
                 break
             n = node_of[i]
             if n >= 0 and used[n] + 1 >= size[n]:
@@ -238,7 +240,7 @@ def greedy_select(
     selected: list[int] = []
     rejected: list[int] = []
     for i in order:
-        if len(selected) == k:
+        if k is not None and len(selected) == k:
             break
         if is_valid(frozenset([*given, *selected, i])):
             selected.append(i)
