@@ -232,7 +232,12 @@ class OTO:
             raise ValueError(f"oto.{label}() works in one mode; in mode='both' train with oto.h2spg("
                              "target_group_sparsity=K, target_channel_sparsity=rho)")
         options = dict(options)
-        rho = options.pop("target_channel_sparsity", 0.0)
+        rho = options.pop("target_channel_sparsity", None)
+        if kw.get("target_group_sparsity") is None:
+            kw["target_group_sparsity"] = 0.5
+        if kw.get("target_params") is not None or kw.get("target_macs") is not None:
+            sizer = self._size_predictor()
+            kw.update(size_of=sizer, reference_size=sizer.reference)
         strict = self.strict_validity if strict is None else strict
         check = valid_strict if strict else valid_basic
         gezigs = self._both.gezigs
@@ -253,9 +258,11 @@ class OTO:
         lr: float | None = None,
         momentum: float = 0.0,
         weight_decay: float | None = None,
-        target_group_sparsity: int | float = 0.5,
+        target_group_sparsity: int | float | None = None,
         warmup_steps: int = 0,
         hybrid_steps: int | None = None,
+        target_params: int | float | None = None,
+        target_macs: int | float | None = None,
         strict: bool | None = None,
         **options,
     ):
@@ -271,7 +278,12 @@ class OTO:
             lr: learning rate (default per variant).
             momentum: SGD momentum.
             weight_decay: weight decay (default per variant).
-            target_group_sparsity: K (int >= 1) or a fraction of the GeZIGs in (0, 1).
+            target_group_sparsity: K (int >= 1) or a fraction of the GeZIGs in (0, 1); default 0.5 unless a
+                budget is given (passing both is a ValueError).
+            target_params: a parameter budget instead of K: a fraction of the super-network in (0, 1) or an
+                absolute count. After warm-up the redundant set is the shortest prefix of the score walk whose
+                predicted sub-network (`predict_size`) fits; `compression_report` shows predicted and built sizes.
+            target_macs: a MAC budget instead of K, likewise (MACs of one sample, spec §7).
             warmup_steps: steps of plain training while redundancy scores are averaged.
             hybrid_steps: steps after warm-up by which every redundant group is zero; train past
                 ``warmup_steps + hybrid_steps``. None = no deadline: zeros are not guaranteed (a warning says so).
@@ -279,6 +291,9 @@ class OTO:
 
         Raises:
             DriftError: the model was converted, moved or had parameters replaced after `OTO(...)`.
+            ValueError: a budget with ``target_group_sparsity``, both budgets, or a budget below the smallest
+                reachable size (the message says it, absolute and as a fraction).
+            OptimizerError: (at the end of warm-up) the score order cannot reach the budget; nothing moved.
         """
         from otov3.optim import H2SPG
 
@@ -289,7 +304,7 @@ class OTO:
                 "Pass hybrid_steps=N and train past warmup_steps + N."),
             variant=variant, lr=lr, momentum=momentum,
             weight_decay=weight_decay, target_group_sparsity=target_group_sparsity, warmup_steps=warmup_steps,
-            hybrid_steps=hybrid_steps, options=options,
+            hybrid_steps=hybrid_steps, target_params=target_params, target_macs=target_macs, options=options,
         )
 
     def hesso(
@@ -299,9 +314,11 @@ class OTO:
         lr: float | None = None,
         momentum: float = 0.0,
         weight_decay: float | None = None,
-        target_group_sparsity: int | float = 0.5,
+        target_group_sparsity: int | float | None = None,
         warmup_steps: int = 0,
         hybrid_steps: int | None = None,
+        target_params: int | float | None = None,
+        target_macs: int | float | None = None,
         strict: bool | None = None,
         **options,
     ):
@@ -312,18 +329,22 @@ class OTO:
         step `warmup_steps + hybrid_steps`; in erasing mode each group is admitted only while the hierarchy check
         holds. See `otov3.optim.HESSO` for every option (periods, betas, importance_weights, ...).
 
-        Args: as `h2spg`; ``hybrid_steps`` (the pruning phase's length) is required to be >= ``periods``.
+        Args: as `h2spg` (budgets too: the periods split the K the budget gives, and the last period admits
+            groups until everything chosen fits); ``hybrid_steps`` (the pruning phase's length) must be >=
+            ``periods``.
 
         Raises:
             DriftError: the model was converted, moved or had parameters replaced after `OTO(...)`.
-            ValueError: a hyper-parameter is out of range; in pruning mode, a target that is not a fraction.
+            ValueError: a hyper-parameter is out of range; in pruning mode, a target that is not a fraction; a
+                budget as `h2spg`.
+            OptimizerError: (at the first or last period) the importance order cannot reach the budget.
         """
         from otov3.optim import HESSO
 
         return self._make_optimizer(
             HESSO, "hesso", strict=strict, no_deadline=None, variant=variant, lr=lr, momentum=momentum,
             weight_decay=weight_decay, target_group_sparsity=target_group_sparsity, warmup_steps=warmup_steps,
-            hybrid_steps=hybrid_steps, options=options,
+            hybrid_steps=hybrid_steps, target_params=target_params, target_macs=target_macs, options=options,
         )
 
     def dhspg(
@@ -333,9 +354,11 @@ class OTO:
         lr: float | None = None,
         momentum: float = 0.0,
         weight_decay: float | None = None,
-        target_group_sparsity: int | float = 0.5,
+        target_group_sparsity: int | float | None = None,
         warmup_steps: int = 0,
         hybrid_steps: int | None = None,
+        target_params: int | float | None = None,
+        target_macs: int | float | None = None,
         strict: bool | None = None,
         **options,
     ):
@@ -350,7 +373,9 @@ class OTO:
 
         Raises:
             DriftError: the model was converted, moved or had parameters replaced after `OTO(...)`.
-            ValueError: a hyper-parameter is out of range; in pruning mode, a target that is not a fraction.
+            ValueError: a hyper-parameter is out of range; in pruning mode, a target that is not a fraction; a
+                budget as `h2spg` (with a budget the candidates are exactly the fitting prefix, no tolerance).
+            OptimizerError: (at the end of warm-up) the score order cannot reach the budget; nothing moved.
         """
         from otov3.optim import DHSPG
 
@@ -360,25 +385,29 @@ class OTO:
                 "happens to project them. Pass hybrid_steps=N and train past warmup_steps + N."),
             variant=variant, lr=lr, momentum=momentum,
             weight_decay=weight_decay, target_group_sparsity=target_group_sparsity, warmup_steps=warmup_steps,
-            hybrid_steps=hybrid_steps, options=options,
+            hybrid_steps=hybrid_steps, target_params=target_params, target_macs=target_macs, options=options,
         )
 
     def _make_optimizer(self, cls, label: str, *, strict: bool | None, no_deadline: str | None, options: dict,
                         **kw):
         """One optimizer over every trainable parameter and `self.groups`; erasing mode passes the hierarchy
-        check (`is_valid_indices`), pruning mode none (any channel set is valid) and takes a fraction only."""
+        check (`is_valid_indices`), pruning mode none (any channel set is valid) and takes a fraction only; a
+        budget brings the size predictor (`predict_size`) and the super-network's size."""
         from otov3.drift import check_drift
 
         check_drift(self, when="creating the optimizer")
+        budget = {k: v for k in ("target_params", "target_macs") if (v := kw.pop(k)) is not None}
+        if not budget and kw["target_group_sparsity"] is None:
+            kw["target_group_sparsity"] = 0.5  # the default target when no budget is given
         if getattr(self, "_both", None) is not None:
-            optimizer = self._make_joint(label, strict=strict, options=options, **kw)
+            optimizer = self._make_joint(label, strict=strict, options=options, **kw, **budget)
             self._optimizer = optimizer
             return optimizer
         if no_deadline is not None and kw["hybrid_steps"] is None:
             warnings.warn(no_deadline, UserWarning, stacklevel=3)
         pruning = getattr(self, "mode", "erase") == "prune"
         target = kw["target_group_sparsity"]
-        if pruning and not (isinstance(target, float) and 0.0 < target < 1.0):
+        if pruning and target is not None and not (isinstance(target, float) and 0.0 < target < 1.0):
             raise ValueError(
                 f"target_group_sparsity={target!r}: in pruning mode it is the fraction of the channel groups to "
                 "remove, a float in (0, 1)"
@@ -386,7 +415,11 @@ class OTO:
         names = {id(p): n for n, p in self.model.named_parameters()}
         params = [p for p in self.model.parameters() if p.requires_grad]
         is_valid = None if pruning else (lambda indices: self.is_valid_indices(indices, strict=strict))
-        optimizer = cls(params, self.groups, is_valid, param_names=[names[id(p)] for p in params], **kw, **options)
+        if budget:
+            sizer = self._size_predictor()
+            budget.update(size_of=sizer, reference_size=sizer.reference)
+        optimizer = cls(params, self.groups, is_valid, param_names=[names[id(p)] for p in params], **kw, **budget,
+                        **options)
         if getattr(self, "_optimizer", None) is not None:
             warnings.warn(
                 f"oto.{label}() was already called on this OTO: two optimizers over the same parameters undo each "
@@ -395,6 +428,30 @@ class OTO:
             )
         self._optimizer = optimizer
         return optimizer
+
+    def predict_size(self, groups: Iterable[Group | str] | Group | str) -> dict[str, int]:
+        """Parameters and MACs (spec §7) of the sub-network without these groups, exactly as
+        `compression_report` will measure it after `construct_subnet`: the sub-network is built (not verified;
+        the groups need not be zero yet) and counted (`otov3.sizing`). Budget targets choose by it.
+
+        Args:
+            groups: removable groups (objects or names), or one of them.
+
+        Raises:
+            SearchSpaceError: a name is unknown, a group belongs to another OTO or is not removable.
+            ConstructionError: the sub-network cannot be built without them (e.g. they disconnect it).
+        """
+        chosen = {id(g) for g in self._resolve(groups)}
+        params, macs = self._size_predictor()(i for i, g in enumerate(self.groups) if id(g) in chosen)
+        return {"params": params, "macs": macs}
+
+    def _size_predictor(self):
+        """The cached `SubnetSizer` of this OTO (its answers depend on the structure only)."""
+        from otov3.sizing import SubnetSizer
+
+        if getattr(self, "_sizer", None) is None:
+            self._sizer = SubnetSizer(self)
+        return self._sizer
 
     # --- the sub-network -------------------------------------------------------------------------------
 
@@ -546,6 +603,8 @@ class OTO:
     def compression_report(self, subnet: nn.Module | None = None) -> dict[str, float | int]:
         """Parameters and MACs (spec §7) of the super-network and of the sub-network; in both modes also after
         removal alone, and what removal and slimming each saved (``*_saved_by_removal``, ``*_saved_by_slimming``).
+        When the newest optimizer has a budget: its limit (``budget_params`` or ``budget_macs``, absolute) and
+        the size it predicted for its chosen groups (``predicted_params``, ``predicted_macs``).
 
         Args:
             subnet: the sub-network to measure; defaults to the last one `construct_subnet` built.
@@ -573,6 +632,12 @@ class OTO:
             report.update(params_after_removal=erased_p, macs_after_removal=erased_f,
                           params_saved_by_removal=before_p - erased_p, macs_saved_by_removal=before_f - erased_f,
                           params_saved_by_slimming=erased_p - after_p, macs_saved_by_slimming=erased_f - after_f)
+        optimizer = getattr(self, "_optimizer", None)
+        budget, predicted = getattr(optimizer, "budget", None), getattr(optimizer, "predicted_size", None)
+        if budget is not None:
+            report[f"budget_{budget.kind}"] = budget.limit
+            if predicted is not None:
+                report.update(predicted_params=predicted[0], predicted_macs=predicted[1])
         return report
 
     def visualize(self, out_dir: str | Path, *, svg: bool = True) -> list[Path]:

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from otov3.optim import _checks, kernels
+from otov3.optim import _budget, _checks, kernels
+from otov3.optim._budget import BudgetMixin, SizeOf
 from otov3.optim._checks import check_number
 from otov3.optim._engine import Decision, preset
 from otov3.optim._halfspace import HalfSpaceOptimizer
@@ -20,7 +21,7 @@ __all__ = ["DHSPG"]
 RUN_KEY = "dhspg"
 
 
-class DHSPG(HalfSpaceOptimizer):
+class DHSPG(BudgetMixin, HalfSpaceOptimizer):
     r"""Trains a network once and drives a target fraction of its groups (pruning-mode channels) to exact zero.
 
     The algorithm (spec §5.4), step ``t = 1, 2, …``; ``T_s`` = ``warmup_steps``::
@@ -30,6 +31,8 @@ class DHSPG(HalfSpaceOptimizer):
         t = T_s (or 1): s = dhspg_score(x_t, d_t)  (one step, no EMA)     # §5.2
                         G_p = top K_p by s, K_p = int(N·min(ρ+δ, 0.999)) (erasing mode: the greedy walk that
                               keeps is_valid(G_p) true, as H2SPG)
+                        (budget: G_p = the shortest prefix of the unlimited walk whose predicted sub-network
+                              fits target_params / target_macs; K = K_p = its length, no tolerance)
         t > T_s, while fewer than K = int(N·min(ρ, 0.999)) groups are zero:
                         for g ∈ G_p, x_g ≠ 0:  x̃_g = x_g − α_t (d_g + λ_g x_g/‖x_g‖),  λ_g = lambda_rule(…)
                                                x_g ← 0 if ⟨x̃_g, x_g⟩ < ε‖x_g‖² else x̃_g
@@ -54,12 +57,18 @@ class DHSPG(HalfSpaceOptimizer):
         groups: the groups (pruning-mode channels, or GeZIGs).
         is_valid: validity of removing the groups with these indices (erasing mode); None: any set (pruning).
         target_group_sparsity: ρ, the fraction of the groups to zero, or the count K.
+        target_params: instead of ρ, a parameter budget (fraction or count; `otov3.optim._budget`): the final
+            zero set is exactly the shortest prefix of the score walk that fits it.
+        target_macs: instead of ρ, a MAC budget (fraction or count).
+        size_of: with a budget, ``(params, MACs)`` of the sub-network without the groups of these indices.
+        reference_size: the super-network's ``(params, MACs)``; default ``size_of(frozenset())``.
         warmup_steps: ``T_s``, plain steps before the (one-step) scores select the candidates.
         hybrid_steps: ``D``, the deadline for the K groups to reach zero, counted after warm-up.
 
     Raises:
         ValueError: a hyper-parameter is out of range or not finite (the message names it), a step count is not
-            whole, or the groups hold a parameter that is not in ``params``.
+            whole, the groups hold a parameter that is not in ``params``, or a budget is combined with
+            ``target_group_sparsity`` or below the smallest reachable size (the message says that size).
     """
 
     RUN_KEY = RUN_KEY
@@ -72,9 +81,13 @@ class DHSPG(HalfSpaceOptimizer):
         groups: Sequence[Group],
         is_valid: Callable[[frozenset[int]], bool] | None = None,
         *,
-        target_group_sparsity: int | float,
+        target_group_sparsity: int | float | None = None,
         warmup_steps: int,
         hybrid_steps: int | None = None,
+        target_params: int | float | None = None,
+        target_macs: int | float | None = None,
+        size_of: SizeOf | None = None,
+        reference_size: tuple[int, int] | None = None,
         variant: str = "sgd",
         lr: float | None = None,
         momentum: float = 0.0,
@@ -100,19 +113,24 @@ class DHSPG(HalfSpaceOptimizer):
         if not groups:
             raise ValueError("groups is empty: DHSPG needs at least one prunable group")
         n = len(groups)
-        k = kernels.target_count(target_group_sparsity, n)
-        extra = int(n * tolerance)
-        k_p = int(n * min(target_group_sparsity + tolerance, 0.999)) if isinstance(target_group_sparsity, float) \
-            else k + extra
+        budget = _budget.resolve_budget(target_group_sparsity=target_group_sparsity, target_params=target_params,
+                                        target_macs=target_macs, size_of=size_of, reference_size=reference_size)
+        k = k_p = None  # a budget decides both at the end of warm-up
+        if budget is None:
+            k = kernels.target_count(target_group_sparsity, n)
+            k_p = int(n * min(target_group_sparsity + tolerance, 0.999)) \
+                if isinstance(target_group_sparsity, float) else k + int(n * tolerance)
+            k_p = max(k, min(k_p, n))
         self._is_valid = is_valid
+        budget_run = self._init_budget(budget, size_of, groups, is_valid)
         self._setup(
             params, groups, **base, official_adam_init=official_adam_init, param_names=param_names,
-            defaults={"target_group_sparsity": target_group_sparsity, "k": k, "k_p": max(k, min(k_p, n)),
+            defaults={"target_group_sparsity": target_group_sparsity, "k": k, "k_p": k_p,
                       "warmup_steps": warmup_steps, "hybrid_steps": hybrid_steps, "epsilon": epsilon,
                       "tolerance": tolerance, "lam": lam, "eta": eta, "kappa": kappa,
                       "deadline_window": deadline_window, "score_weights": tuple(score_weights)},
             run={"step": 0, "scores": torch.zeros(n, dtype=torch.float64), "candidates": None, "rejected": [],
-                 "zero": [], "forced": [], "groups": [g.name for g in groups]},
+                 "zero": [], "forced": [], "groups": [g.name for g in groups], **budget_run},
         )
 
     # ----------------------------------------------------------------------------------------- introspection
@@ -174,6 +192,11 @@ class DHSPG(HalfSpaceOptimizer):
     def _selecting(self, run: dict[str, Any], n: int) -> bool:
         return run["candidates"] is None and n >= self.defaults["warmup_steps"]
 
+    _budget_selects = _selecting
+
+    def _set_k(self, k: int | None) -> None:
+        self.defaults["k"] = self.defaults["k_p"] = k  # budget: the candidates are exactly the fitting prefix
+
     def _plan(self, run: dict[str, Any], n: int) -> tuple[Tensor | None, bool]:
         hybrid = n > self.defaults["warmup_steps"]
         if self._selecting(run, n):  # one-step scores over all groups
@@ -190,8 +213,11 @@ class DHSPG(HalfSpaceOptimizer):
             cfg = self.defaults
             run["scores"] = kernels.dhspg_scores(per_group[:, 1], per_group[:, 0], per_group[:, 2],
                                                  self._layout.group_numel, weights=cfg["score_weights"])
-            chosen = kernels.greedy_select(run["scores"].tolist(), [g.macs for g in self._groups], cfg["k_p"],
-                                           self._is_valid, node_of=self._node_of)
+            if self._budget is not None:
+                chosen = self._fit(run, run["scores"].tolist())
+            else:
+                chosen = kernels.greedy_select(run["scores"].tolist(), [g.macs for g in self._groups], cfg["k_p"],
+                                               self._is_valid, node_of=self._node_of)
             run["candidates"], run["rejected"] = list(chosen.selected), list(chosen.rejected)
             if len(chosen.selected) < cfg["k"]:
                 warnings.warn(f"DHSPG: only {len(chosen.selected)} of K={cfg['k']} groups can be removed while the "
@@ -204,6 +230,8 @@ class DHSPG(HalfSpaceOptimizer):
 
     def _check_run(self, run: Any) -> None:
         where = _checks.check_run_common(run, self, self.RUN_FIELDS, "groups")
+        k = self._check_budget(where, run)
+        k_p = self.defaults["k_p"] if self._budget is None else k
         n, names, noun = len(self._groups), [g.name for g in self._groups], self.NOUN
         _checks.check_scores(where, "scores", run["scores"], n)
         cand = None if run["candidates"] is None else _checks.index_list(where, "candidates", run["candidates"], n,
@@ -212,14 +240,13 @@ class DHSPG(HalfSpaceOptimizer):
         zero = _checks.index_list(where, "zero", run["zero"], n, noun)
         forced = _checks.index_list(where, "forced", run["forced"], n, noun)
         if cand is not None:
-            if len(cand) > self.defaults["k_p"]:
-                raise ValueError(f"{where}['candidates'] holds {len(cand)} groups, more than "
-                                 f"K_p={self.defaults['k_p']}")
+            if k_p is None or len(cand) > k_p:
+                raise ValueError(f"{where}['candidates'] holds {len(cand)} groups, more than K_p={k_p}")
             if not self._valid(cand):
                 raise ValueError(f"{where}['candidates'] is not a valid removal; the state dict was edited or "
                                  "belongs to another model")
-        if len(zero) > self.defaults["k"]:
-            raise ValueError(f"{where}['zero'] holds {len(zero)} groups, more than K={self.defaults['k']}")
+        if len(zero) > (k or 0):
+            raise ValueError(f"{where}['zero'] holds {len(zero)} groups, more than K={k}")
         _checks.check_subsets(where, names, [("zero", zero, set(cand or []), "candidates"),
                                              ("forced", forced, set(zero), "zero"),
                                              ("rejected", rejected, set(range(n)) - set(cand or []), "not candidates")])

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from otov3.optim import _checks, kernels
+from otov3.optim import _budget, _checks, kernels
+from otov3.optim._budget import BudgetMixin, SizeOf
 from otov3.optim._checks import check_number
 from otov3.optim._engine import Decision, preset
 from otov3.optim._halfspace import HalfSpaceOptimizer
@@ -21,7 +22,7 @@ __all__ = ["H2SPG"]
 RUN_KEY = "h2spg"  # the optimizer-level entry of `state` (string keys survive state_dict as they are)
 
 
-class H2SPG(HalfSpaceOptimizer):
+class H2SPG(BudgetMixin, HalfSpaceOptimizer):
     r"""Trains a super-network once and drives exactly K GeZIGs to exact zero while the graph stays valid.
 
     The algorithm (spec §5.5, paper Algorithm 3), step ``t = 1, 2, …``::
@@ -31,6 +32,8 @@ class H2SPG(HalfSpaceOptimizer):
                             s ← ω s + (1−ω) s_t(G_GeZIG, x_t, d_t)    # §5.2 DHSPG score, EMA
         end of warm-up:     G_r = greedy walk of the GeZIGs by descending s (ties: fewer MACs),
                                   g admitted iff is_valid(G_r ∪ {g}), until |G_r| = K
+                            (budget: the shortest prefix of the unlimited walk whose predicted
+                                  sub-network fits target_params / target_macs; K = its length)
         hybrid (t > T_w):   x_g ← x_g − α_t d_g                       for g ∉ G_r (complementary included)
                             for g ∈ G_r with x_g ≠ 0:
                                 λ_g = lambda_rule(x_g, d_g; λ, η, κ)  # §5.4
@@ -58,7 +61,9 @@ class H2SPG(HalfSpaceOptimizer):
     ``β1``, ``β2``    ``betas``                   (0.9, 0.999) (spec §5.1)
     Adam ε            ``adam_eps``                1e-8 (spec §5.1)
     ``wd``            ``weight_decay``            0 (sgd, adam), 1e-2 (adamw) (spec §5.1)
-    ``K``             ``target_group_sparsity``   required; int K, or float ρ: K = int(N·min(ρ, 0.999))
+    ``K``             ``target_group_sparsity``   int K, or float ρ: K = int(N·min(ρ, 0.999)); or a budget:
+                      ``target_params``,          a fraction of the super-network in (0, 1) or a count >= 1
+                      ``target_macs``             (one of the three; `otov3.optim._budget`)
     ``T_w``           ``warmup_steps``            required (spec §5.5 suggests 10 % of training)
     ``D``             ``hybrid_steps``            None: no deadline (paper)
     ``F/D``           ``deadline_window``         0.5 (our choice, documented above)
@@ -90,6 +95,11 @@ class H2SPG(HalfSpaceOptimizer):
         gezigs: the removable groups; their members are whole parameters or dim-0 slices of them.
         is_valid: whether removing the GeZIGs with these indices keeps the network valid (spec §3.3).
         target_group_sparsity: K, or the fraction ρ of the GeZIGs to remove.
+        target_params: instead of K, a parameter budget for the sub-network (fraction or absolute count).
+        target_macs: instead of K, a MAC budget for the sub-network (fraction or absolute count).
+        size_of: with a budget, ``(params, MACs)`` of the sub-network without the GeZIGs of these indices.
+        reference_size: the super-network's ``(params, MACs)`` that fractions refer to (default
+            ``size_of(frozenset())``).
         warmup_steps: ``T_w``, steps of plain training that average the scores before the selection.
         hybrid_steps: ``D``, the deadline for the redundant groups to reach zero, counted after warm-up.
         variant: ``"sgd"``, ``"adam"`` or ``"adamw"``.
@@ -112,7 +122,8 @@ class H2SPG(HalfSpaceOptimizer):
 
     Raises:
         ValueError: a hyper-parameter is out of range or not finite (the message names it and its value), a step
-            count is not whole, or the GeZIGs hold a parameter that is not in ``params``.
+            count is not whole, the GeZIGs hold a parameter that is not in ``params``, or a budget is combined
+            with ``target_group_sparsity`` or below the smallest reachable size (the message says that size).
 
     Example:
         >>> opt = H2SPG(model.parameters(), gezigs, is_valid, target_group_sparsity=3,
@@ -130,9 +141,13 @@ class H2SPG(HalfSpaceOptimizer):
         gezigs: Sequence[Group],
         is_valid: Callable[[frozenset[int]], bool],
         *,
-        target_group_sparsity: int | float,
+        target_group_sparsity: int | float | None = None,
         warmup_steps: int,
         hybrid_steps: int | None = None,
+        target_params: int | float | None = None,
+        target_macs: int | float | None = None,
+        size_of: SizeOf | None = None,
+        reference_size: tuple[int, int] | None = None,
         variant: str = "sgd",
         lr: float | None = None,
         momentum: float = 0.0,
@@ -157,8 +172,11 @@ class H2SPG(HalfSpaceOptimizer):
         check_number("score_momentum", score_momentum, 0.0, 1.0)
         if not gezigs:
             raise ValueError("gezigs is empty: H2SPG needs at least one removable group")
-        k = kernels.target_count(target_group_sparsity, len(gezigs))
+        budget = _budget.resolve_budget(target_group_sparsity=target_group_sparsity, target_params=target_params,
+                                        target_macs=target_macs, size_of=size_of, reference_size=reference_size)
+        k = None if budget else kernels.target_count(target_group_sparsity, len(gezigs))
         self._is_valid = is_valid
+        extra = self._init_budget(budget, size_of, gezigs, is_valid)
         self._setup(
             params, gezigs, **base, official_adam_init=official_adam_init, param_names=param_names,
             defaults={"target_group_sparsity": target_group_sparsity, "k": k, "warmup_steps": warmup_steps,
@@ -166,7 +184,7 @@ class H2SPG(HalfSpaceOptimizer):
                       "lam": lam, "eta": eta, "kappa": kappa, "deadline_window": deadline_window,
                       "score_weights": tuple(score_weights)},
             run={"step": 0, "scores": torch.zeros(len(gezigs), dtype=torch.float64), "redundant": None,
-                 "rejected": [], "zero": [], "forced": [], "gezigs": [g.name for g in gezigs]},
+                 "rejected": [], "zero": [], "forced": [], "gezigs": [g.name for g in gezigs], **extra},
         )
 
     @property
@@ -247,8 +265,16 @@ class H2SPG(HalfSpaceOptimizer):
         targets = self._target_mask(run)
         return self._halfspace(run, n, per_group, targets) if bool(targets.any()) else None
 
+    def _budget_selects(self, run: dict[str, Any], n: int) -> bool:
+        return run["redundant"] is None and n >= self.defaults["warmup_steps"]
+
     def _select(self, run: dict[str, Any]) -> None:
-        """spec §5.5: the redundant set is chosen once, after warm-up, and then fixed."""
+        """spec §5.5: the redundant set is chosen once, after warm-up, and then fixed (by K, or by the budget:
+        the shortest fitting prefix of the walk, `_budget`)."""
+        if self._budget is not None:
+            chosen = self._fit(run, run["scores"].tolist())
+            run["redundant"], run["rejected"] = list(chosen.selected), list(chosen.rejected)
+            return
         k = self.defaults["k"]
         chosen = kernels.greedy_select(run["scores"].tolist(), [g.macs for g in self._groups], k, self._is_valid,
                                        node_of=self._node_of)
@@ -265,6 +291,7 @@ class H2SPG(HalfSpaceOptimizer):
     def _check_run(self, run: Any) -> None:
         """The optimizer-level entry of a state dict: types, ranges, agreement with the weights and validity."""
         where = _checks.check_run_common(run, self, self.RUN_FIELDS, "gezigs")
+        k = self._check_budget(where, run)
         n, names, noun = len(self._groups), [g.name for g in self._groups], self.NOUN
         _checks.check_scores(where, "scores", run["scores"], n)
         redundant = None if run["redundant"] is None else _checks.index_list(where, "redundant", run["redundant"],
@@ -274,8 +301,7 @@ class H2SPG(HalfSpaceOptimizer):
         forced = _checks.index_list(where, "forced", run["forced"], n, noun)
         chosen = set(redundant or [])
         if redundant is not None:
-            k = self.defaults["k"]
-            if len(redundant) > k:
+            if k is None or len(redundant) > k:
                 raise ValueError(f"{where}['redundant'] holds {len(redundant)} GeZIGs, more than K={k}")
             if not self._valid(redundant):
                 raise ValueError(

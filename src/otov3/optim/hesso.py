@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from otov3.optim import _checks, kernels
+from otov3.optim import _budget, _checks, kernels
+from otov3.optim._budget import BudgetMixin, SizeOf
 from otov3.optim._checks import require, whole_steps
 from otov3.optim._engine import Decision, GroupOptimizer, preset
 from otov3.space import Group
@@ -19,7 +20,7 @@ __all__ = ["HESSO"]
 RUN_KEY = "hesso"
 
 
-class HESSO(GroupOptimizer):
+class HESSO(BudgetMixin, GroupOptimizer):
     r"""Trains a network once and shrinks a target fraction of its groups progressively to exact zero (no λ).
 
     The algorithm (spec §5.6), step ``n = 1, 2, …``; ``S`` = ``warmup_steps``, ``P`` = ``hybrid_steps``,
@@ -30,6 +31,9 @@ class HESSO(GroupOptimizer):
             importance over the groups not yet pruned (§5.2, larger = more important)
             active = the lowest-importance quota (K//Q; the last period takes the rest); in erasing mode a group
                      is admitted only if is_valid(pruned ∪ active ∪ {g}) (spec §5.6)
+            budget (target_params / target_macs): K = the shortest prefix of the first period's unlimited walk
+                     whose predicted sub-network fits; the quotas split K, and the last period admits along its
+                     own order until the predicted size of everything chosen fits
         t = (n − S) mod D:   x_g ← x_g · (D − t − 1)/(D − t)  for active groups        # 0 at t = D − 1
         t = D − 1:          active → pruned (exact zeros, kept at zero with their buffer rows)
 
@@ -49,12 +53,19 @@ class HESSO(GroupOptimizer):
         groups: the groups (pruning-mode channels, or GeZIGs).
         is_valid: validity of removing the groups with these indices (erasing mode); None: any set (pruning).
         target_group_sparsity: ρ, the fraction of the groups to zero, or the count K.
+        target_params: instead of ρ, a parameter budget (fraction or count; `otov3.optim._budget`).
+        target_macs: instead of ρ, a MAC budget (fraction or count).
+        size_of: with a budget, ``(params, MACs)`` of the sub-network without the groups of these indices.
+        reference_size: the super-network's ``(params, MACs)``; default ``size_of(frozenset())``.
         warmup_steps: ``S``, plain steps before the first period.
         hybrid_steps: ``P``, the steps of the pruning phase; every target group is zero by ``S + P``.
 
     Raises:
         ValueError: a hyper-parameter is out of range or not finite (the message names it), ``hybrid_steps`` is
-            smaller than ``periods``, or the groups hold a parameter that is not in ``params``.
+            smaller than ``periods``, the groups hold a parameter that is not in ``params``, or a budget is
+            combined with ``target_group_sparsity`` or below the smallest reachable size (the message says it).
+        OptimizerError: at the first or last period start, the importance order cannot reach the budget
+            (nothing moved in that step).
     """
 
     RUN_KEY = RUN_KEY
@@ -67,10 +78,14 @@ class HESSO(GroupOptimizer):
         groups: Sequence[Group],
         is_valid: Callable[[frozenset[int]], bool] | None = None,
         *,
-        target_group_sparsity: int | float,
+        target_group_sparsity: int | float | None = None,
         warmup_steps: int,
         hybrid_steps: int,
         periods: int = 1,
+        target_params: int | float | None = None,
+        target_macs: int | float | None = None,
+        size_of: SizeOf | None = None,
+        reference_size: tuple[int, int] | None = None,
         variant: str = "sgd",
         lr: float | None = None,
         momentum: float = 0.0,
@@ -94,15 +109,18 @@ class HESSO(GroupOptimizer):
                 "must be five finite non-negative weights, not all zero")
         if not groups:
             raise ValueError("groups is empty: HESSO needs at least one prunable group")
-        k = kernels.target_count(target_group_sparsity, len(groups))
+        budget = _budget.resolve_budget(target_group_sparsity=target_group_sparsity, target_params=target_params,
+                                        target_macs=target_macs, size_of=size_of, reference_size=reference_size)
+        k = None if budget else kernels.target_count(target_group_sparsity, len(groups))
         self._is_valid = is_valid
+        budget_run = self._init_budget(budget, size_of, groups, is_valid)
         self._setup(
             params, groups, **base, official_adam_init=official_adam_init, param_names=param_names,
             defaults={"target_group_sparsity": target_group_sparsity, "k": k, "warmup_steps": warmup_steps,
                       "hybrid_steps": hybrid_steps, "periods": periods, "period_steps": hybrid_steps // periods,
                       "importance_weights": tuple(importance_weights)},
             run={"step": 0, "period": 0, "importance": torch.zeros(len(groups), dtype=torch.float64),
-                 "active": [], "zero": [], "rejected": [], "groups": [g.name for g in groups]},
+                 "active": [], "zero": [], "rejected": [], "groups": [g.name for g in groups], **budget_run},
         )
 
     # ----------------------------------------------------------------------------------------- introspection
@@ -146,6 +164,10 @@ class HESSO(GroupOptimizer):
         s, d = cfg["warmup_steps"], cfg["period_steps"]
         return n > s and run["period"] < cfg["periods"] and (n - s - 1) % d == 0
 
+    def _budget_selects(self, run: dict[str, Any], n: int) -> bool:
+        """The first period fixes K, the last one the final set: both may find the budget out of reach."""
+        return self._period_start(run, n) and run["period"] in (0, self.defaults["periods"] - 1)
+
     def _plan(self, run: dict[str, Any], n: int) -> tuple[Tensor | None, bool]:
         if not self._period_start(run, n):
             return None, False
@@ -171,7 +193,8 @@ class HESSO(GroupOptimizer):
         return Decision(c=None, m=m, zeroed=zeroed)
 
     def _choose(self, run: dict[str, Any], per_group: Tensor) -> None:
-        """A period starts: importance over the groups not yet chosen, the quota of the least important."""
+        """A period starts: importance over the groups not yet chosen, the quota of the least important (with a
+        budget, the first period's walk fixes K and the last period's walk stops where everything chosen fits)."""
         cfg = self.defaults
         taken = set(run["zero"]) | set(run["active"])
         eligible = [g for g in range(len(self._groups)) if g not in taken]
@@ -183,19 +206,24 @@ class HESSO(GroupOptimizer):
         importance[idx] = score
         run["importance"] = importance
         run["period"] += 1
-        k, q = cfg["k"], cfg["periods"]
-        quota = k // q if run["period"] < q else k - len(taken)
-        chosen = kernels.greedy_select((-importance).tolist(), [g.macs for g in self._groups], max(quota, 0),
-                                       self._is_valid, given=sorted(taken), eligible=eligible,
-                                       node_of=self._node_of)
+        q, order = cfg["periods"], (-importance).tolist()
+        fit = self._budget is not None and run["period"] in (1, q)
+        if fit:  # budget: the first period's walk fixes K, the last period's walk fits the final set
+            chosen = self._fit(run, order, eligible=eligible, given=sorted(taken))
+        if not fit or run["period"] < q:  # the period's quota of K
+            k = cfg["k"]
+            quota = k // q if run["period"] < q else k - len(taken)
+            chosen = kernels.greedy_select(order, [g.macs for g in self._groups], max(quota, 0), self._is_valid,
+                                           given=sorted(taken), eligible=eligible, node_of=self._node_of)
         run["active"] = list(chosen.selected)
         run["rejected"] = sorted(set(run["rejected"]) | set(chosen.rejected))
-        if run["period"] == q and len(taken) + len(chosen.selected) < k:
-            warnings.warn(f"HESSO: only {len(taken) + len(chosen.selected)} of K={k} groups can be removed while the "
-                          "network stays valid; training continues with those", UserWarning, stacklevel=5)
+        if run["period"] == q and len(taken) + len(chosen.selected) < cfg["k"]:
+            warnings.warn(f"HESSO: only {len(taken) + len(chosen.selected)} of K={cfg['k']} groups can be removed "
+                          "while the network stays valid; training continues with those", UserWarning, stacklevel=5)
 
     def _check_run(self, run: Any) -> None:
         where = _checks.check_run_common(run, self, self.RUN_FIELDS, "groups")
+        k = self._check_budget(where, run)
         n, names, noun, cfg = len(self._groups), [g.name for g in self._groups], self.NOUN, self.defaults
         _checks.check_scores(where, "importance", run["importance"], n)
         period = run["period"]
@@ -207,8 +235,8 @@ class HESSO(GroupOptimizer):
         both = set(active) & set(zero)
         if both:
             raise ValueError(f"{where}: groups {[names[i] for i in sorted(both)]} are both active and zero")
-        if len(active) + len(zero) > cfg["k"]:
-            raise ValueError(f"{where}: {len(active) + len(zero)} active and zero groups, more than K={cfg['k']}")
+        if len(active) + len(zero) > (k or 0):
+            raise ValueError(f"{where}: {len(active) + len(zero)} active and zero groups, more than K={k}")
         chosen = frozenset(active) | frozenset(zero)
         if chosen and not self._valid(chosen):
             raise ValueError(f"{where}: the active and zero groups {[names[i] for i in sorted(chosen)]} are not a "
