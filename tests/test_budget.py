@@ -167,3 +167,15 @@ def test_the_prefix_search_finds_the_shortest_fitting_prefix_with_few_calls():
         assert len(calls) <= 6  # the whole walk once, then log2(11) halvings
     assert shortest_fitting_prefix(walk, lambda removed: False) is None
     assert shortest_fitting_prefix([], lambda removed: True) == 0
+
+
+@pytest.mark.parametrize("method", ["dhspg", "hesso"])
+def test_dhspg_and_hesso_meet_a_budget_in_erasing_mode_too(method):
+    model, oto, shape = _oto("super_resnet", "erase")
+    opt = getattr(oto, method)(lr=0.01, momentum=0.9, target_macs=0.5, warmup_steps=WARMUP, hybrid_steps=HYBRID)
+    _train(model, opt, shape, WARMUP + HYBRID + 1)
+    chosen = [oto.groups.index(g) for g in opt.redundant_groups]
+    oto.construct_subnet()
+    report = oto.compression_report()
+    assert report["macs_after"] <= 0.5 * report["macs_before"] and report["predicted_macs"] == report["macs_after"]
+    _assert_minimal_prefix(oto, opt, method, chosen, "macs", 0.5 * report["macs_before"])

@@ -97,6 +97,9 @@ def resolve_budget(*, target_group_sparsity: Any, target_params: Any, target_mac
                          "groups (oto.h2spg/hesso/dhspg pass it)")
     kind = name.removeprefix("target_")
     reference = (reference_size if reference_size is not None else size_of(frozenset()))[_MEASURES[kind]]
+    if reference <= 0:
+        raise ValueError(f"{name}={value!r}: the super-network has no {_UNITS[kind]} to budget (spec §7 counts the "
+                         "MACs of Conv, ConvTranspose and Linear only); pass target_group_sparsity instead")
     limit = value * reference if value < 1 else float(value)
     budget = Budget(kind, value, limit, reference)
     if limit >= reference:
