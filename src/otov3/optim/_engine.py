@@ -100,6 +100,8 @@ class GroupOptimizer(DirectionPass, RowOps, Optimizer):
         self._row_kinds = sorted({(self._flat_params[pos].dtype, self._flat_params[pos].device)
                                   for pos in self._layout.rows}, key=str)
         self._loads = 0
+        self._checked_options: list[tuple[Any, ...]] = []
+        self._small = [i for i, n in enumerate(self._layout.numel) if n < _checks.SMALL_GRAD]
         self.defaults.update(variant=variant, official_adam_init=official_adam_init, **defaults)
         self.state[self.RUN_KEY] = run
         self._constructed = True
@@ -190,11 +192,14 @@ class GroupOptimizer(DirectionPass, RowOps, Optimizer):
             with torch.enable_grad():
                 loss = closure()
         with torch.no_grad():
-            for i, group in enumerate(self.param_groups):
-                _checks.check_group_options(group["lr"], group["momentum"], group["dampening"],
-                                            group["weight_decay"], tuple(group["betas"]), group["adam_eps"],
-                                            where=f"param_groups[{i}] ")
-            _checks.check_gradients(self._flat_params, self._labels, self.state[self.RUN_KEY]["step"], self.NAME)
+            options = [(group["lr"], group["momentum"], group["dampening"], group["weight_decay"],
+                        tuple(group["betas"]), group["adam_eps"]) for group in self.param_groups]
+            if options != self._checked_options:  # checked once per change (LR schedulers change lr)
+                for i, values in enumerate(options):
+                    _checks.check_group_options(*values, where=f"param_groups[{i}] ")
+                self._checked_options = options
+            _checks.check_gradients(self._flat_params, self._labels, self.state[self.RUN_KEY]["step"], self.NAME,
+                                    small=self._small)
             self._step()
         return loss
 
@@ -202,24 +207,22 @@ class GroupOptimizer(DirectionPass, RowOps, Optimizer):
         run = self.state[self.RUN_KEY]
         n = run["step"] + 1
         observed, defer = self._plan(run, n)
-        zero_rows, frozen = self._zero_rows(run["zero"])
-        for pos, idx in zero_rows.items():  # zero rows get no gradient, so they and their buffers stay 0
-            grad = self._flat_params[pos].grad
-            if grad is not None:
-                grad.index_fill_(self._layout.rows[pos].dim, idx, 0)
+        zero_rows, frozen = self._zero_rows(run["zero"])  # they get no gradient, so they and their buffers stay 0
         watch = frozenset(self._params_of(observed)) if observed is not None else frozenset()
-        work = self._directions(watch, frozen, defer=defer)
+        work = self._directions(watch, frozen, zero_rows, defer=defer)
         per_group = self._reduce(work, watch, observed, n) if observed is not None else None
         decision = self._decide(run, n, per_group)
         if decision is not None or work.deferred:
             self._row_factors(decision, work)
-            if decision is not None and decision.c is not None:  # λ step of foreach-held rows, before their step
+            if decision is not None and decision.c is not None and work.foreach:  # λ step of foreach-held rows
                 self._scale(work, "pre", decision.c != 0, foreach_only=True)
         for apply in work.updates:
             apply()
+        for finish in work.packs:
+            finish(self._factor_bufs if decision is not None else None)
         for pos, finish in work.deferred:
             m = pos in work.m_params
-            finish(a=self._view("ma" if m else "a", pos), m=self._view("m", pos) if m else None)
+            finish(a=self._view("ma", pos), m=self._view("m", pos) if m else None)  # m = 1: ma is a
         if decision is not None and decision.m is not None:
             self._scale(work, "m", decision.m != 1, foreach_only=False)
         if decision is not None and decision.zeroed:

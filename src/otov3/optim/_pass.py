@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,40 +19,49 @@ from torch import Tensor
 from otov3.errors import OptimizerError
 from otov3.optim import _layout, _reduce
 from otov3.optim._base import adam_directions, sgd_directions
+from otov3.optim._flat import FlatPack, adam_step, sgd_step
 from otov3.optim._reduce import adam_finish, adam_pass, fusable, reduce_rest, sgd_finish, sgd_pass
 
 
 class DirectionPass:
     """Mixed into `GroupOptimizer` (uses its `_layout`, `_flat_params`, `state`, `defaults`, `_caches`)."""
 
-    def _directions(self, watch: frozenset[int], frozen: frozenset[int], *, defer: bool) -> StepWork:
-        """Base directions of every param group (spec §5.1); foreach updates are returned, not yet applied."""
+    def _directions(self, watch: frozenset[int], frozen: frozenset[int], zero_rows: dict[int, Tensor], *,
+                    defer: bool) -> StepWork:
+        """Base directions of every param group (spec §5.1); foreach and flat updates are returned, not yet
+        applied. ``zero_rows`` (rows of zero groups per parameter) get no gradient, so they stay exactly zero."""
         variant, lay = self.defaults["variant"], self._layout
         work = StepWork(len(self._flat_params))
-        pos = 0
-        for group in self.param_groups:
-            params, grads, states, want, positions = [], [], [], [], []
+        first = 0
+        for gi, group in enumerate(self.param_groups):
             lr, momentum, dampening, wd = group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
             n = len(group["params"])
-            work.lr_of[pos:pos + n] = [lr] * n
-            work.decay_of[pos:pos + n] = [lr * wd if variant == "adamw" else 0.0] * n
-            for p in group["params"]:
+            work.lr_of[first:first + n] = [lr] * n
+            work.decay_of[first:first + n] = [lr * wd if variant == "adamw" else 0.0] * n
+            packs, others = self._packs_of(gi, first)
+            todo = list(others)
+            for pack in packs:
+                if not self._pack_step(pack, group, work, watch, frozen, zero_rows):
+                    todo += [(pos, self._flat_params[pos]) for pos in pack.positions]
+            first += n
+            params, grads, states, want, positions = [], [], [], [], []
+            for pos, p in sorted(todo, key=lambda item: item[0]) if len(todo) > len(others) else todo:
                 g = p.grad
                 if g is None or pos in frozen:
                     if pos in watch:
                         work.rest.append((pos, p, torch.zeros_like(p)))
-                    pos += 1
                     continue
                 if g.is_sparse:
                     raise OptimizerError(f"{self.NAME} does not support sparse gradients")
+                if pos in zero_rows:
+                    g.index_fill_(lay.rows[pos].dim, zero_rows[pos], 0)
                 state = self.state[p]
-                if lay.numel[pos] < _reduce.FUSE_MIN:  # small: foreach (most parameters of a small network)
+                if lay.numel[pos] < _reduce.FUSE_MIN:  # small: foreach (when the flat pack cannot take it)
                     params.append(p)
                     grads.append(g)
                     states.append(state)
                     want.append(pos in watch)
                     positions.append(pos)
-                    pos += 1
                     continue
                 rows = lay.rows.get(pos)
                 hold, sink = defer and pos in watch, work.sink if pos in watch else None
@@ -87,7 +97,6 @@ class DirectionPass:
                     states.append(state)
                     want.append(pos in watch)
                     positions.append(pos)
-                pos += 1
             if not params:
                 continue
             if variant == "sgd":
@@ -105,6 +114,65 @@ class DirectionPass:
             work.updates.append(out.apply)
         return work
 
+    def _packs_of(self, gi: int, first: int) -> tuple[list[FlatPack], list[tuple[int, Tensor]]]:
+        """Param group ``gi``'s `FlatPack`s (small parameters, rows along dim 0 or whole; one per dtype and
+        device) and its other parameters as ``(position, parameter)`` (cached per group and load)."""
+        key = ("packs", gi, _reduce.FUSE_MIN)
+        if key not in self._caches:
+            lay, kinds, others = self._layout, {}, []
+            for pos, p in enumerate(self.param_groups[gi]["params"], start=first):
+                rows = lay.rows.get(pos)
+                if lay.numel[pos] < _reduce.FUSE_MIN and (rows is None or rows.dim in (None, 0)) and \
+                        p.dtype.is_floating_point:
+                    kinds.setdefault((p.dtype, p.device), []).append((pos, p))
+                else:
+                    others.append((pos, p))
+            packs = [FlatPack([pos for pos, _ in items], [p for _, p in items], lay) for items in kinds.values()]
+            self._caches[key] = (packs, others)
+        return self._caches[key]
+
+    def _pack_step(self, pack: FlatPack, group: dict[str, Any], work: StepWork, watch: frozenset[int],
+                   frozen: frozenset[int], zero_rows: dict[int, Tensor]) -> bool:
+        """The flat step of one pack (directions now; reductions and the update queued on ``work``). False when
+        the pack cannot take it this step (a missing or sparse gradient, mixed state, a parameter moved to
+        another dtype or device): its parameters then take the per-tensor path."""
+        params = pack.params
+        grads = [p.grad for p in params]
+        p0 = params[0]  # moving a model (`.to()`, `.half()`) moves every parameter
+        if any(g is None for g in grads) or p0.dtype != pack.dtype or p0.device != pack.device:
+            return False
+        states = [self.state[p] for p in params]
+        watched = not watch.isdisjoint(pack.positions)
+        pack.zero_mask(("zero", self._loads, len(self.state[self.RUN_KEY]["zero"])), zero_rows, frozen)
+        lr, wd, variant = group["lr"], group["weight_decay"], self.defaults["variant"]
+        keep = 1 - lr * wd if variant == "adamw" else 1.0
+        try:  # a sparse gradient, or one on another device, is refused by the copy before anything changes
+            if variant == "sgd":
+                d = sgd_step(pack, grads, states, momentum=group["momentum"], dampening=group["dampening"],
+                             weight_decay=wd, need_x=watched)
+            else:
+                out = adam_step(pack, grads, states, betas=tuple(group["betas"]), eps=group["adam_eps"],
+                                weight_decay=wd, decoupled=variant == "adamw",
+                                official_init=self.defaults["official_adam_init"], need_x=watched)
+        except RuntimeError:
+            return False
+        if variant == "sgd":
+            if d is None:
+                return False
+            run = _PackRun(pack, d, None, 1.0, -lr, keep, x_fresh=watched or wd != 0)
+        else:
+            if out is None:
+                return False
+            denom, scale = out
+            run = _PackRun(pack, None, denom, scale, -lr * scale, keep, x_fresh=watched or wd != 0)
+            for pos in pack.positions:
+                work.scale[pos] = scale
+        if watched:
+            work.pack_sums.append((pack, run.direction()))
+        work.packs.append(run.finish)
+        work.deferred_pos.update(pack.positions)
+        return True
+
     def _reduce(self, work: StepWork, watch: frozenset[int], observed: Tensor, n: int) -> Tensor:
         """``(G, 6)`` float64 per-group sums of ``‖x‖², ⟨x,d⟩, ‖d‖², (1−α·wd)‖x‖², α‖x‖², α⟨x,d⟩``."""
         lay = self._layout
@@ -119,6 +187,9 @@ class DirectionPass:
                 out.index_add_(0, single, _stack(work.sink[0]).view(-1, 3).to(out.device, torch.float64))
             if work.sink[1]:
                 out.index_add_(0, block, _stack(work.sink[1], cat=True).to(out.device, torch.float64))
+        for pack, d in work.pack_sums:
+            if pack.rows.numel():
+                out.index_add_(0, pack.rows, pack.reduce(d).to(out.device, torch.float64))
         reduce_rest(out, [(lay.rows[pos], x, d) for pos, x, d in work.rest], self._caches)
         alpha, keep = self._rows_of(work.lr_of, work.decay_of)
         if self.defaults["variant"] != "sgd":  # d = σ·u, u reduced
@@ -183,6 +254,8 @@ class StepWork:
         self.deferred_pos: set[int] = set()
         self.u_buffers: dict[int, Tensor] = {}  # Adam directions of the deferred parameters
         self.m_params: frozenset[int] = frozenset()  # parameters with a row whose multiplier m is not 1
+        self.pack_sums: list[tuple[FlatPack, Tensor]] = []  # (pack, its flat direction) to reduce
+        self.packs: list[Callable[..., None]] = []  # flat updates, applied after the decision
 
     def defer(self, pos: int, finish: Callable[..., None]) -> None:
         self.deferred_pos.add(pos)
@@ -194,3 +267,44 @@ def _stack(tensors: list[Tensor], *, cat: bool = False) -> Tensor:
     if len({t.device for t in tensors}) > 1:
         tensors = [t.cpu() for t in tensors]
     return torch.cat(tensors) if cat else torch.stack(tensors)
+
+
+class _PackRun:
+    """One step of a `FlatPack`: its direction ``d = scale·u`` (SGD: ``u`` = the flat ``d``; Adam: ``u = m/denom``,
+    formed only when needed) and the update, applied after the policy's decision."""
+
+    def __init__(self, pack: FlatPack, u: Tensor | None, denom: Tensor | None, scale: float, step: float,
+                 keep: float, *, x_fresh: bool) -> None:
+        self.pack, self.u, self.denom, self.step, self.keep, self.x_fresh = pack, u, denom, step, keep, x_fresh
+
+    def direction(self) -> Tensor:
+        if self.u is None:  # Adam: u = m / denom, in place of denom
+            self.u = torch.div(self.pack.buffers["exp_avg"], self.denom, out=self.denom)
+            self.denom = None
+        return self.u
+
+    def finish(self, factors: dict[str, dict[Any, Tensor]] | None) -> None:
+        """``x ← m·(a·x + step·u)`` with the step's per-row factor buffers; None: the plain step, with
+        torch.optim's own ops (SGD ``x ← x − α d``; Adam ``x ← keep·x − α m/denom/(1−β1^t)``)."""
+        pack = self.pack
+        if factors is None or not pack.rows.numel():
+            if self.denom is None and self.keep == 1.0:
+                torch._foreach_add_(pack.params, pack.views_of(self.u), alpha=self.step)
+                return
+            x = self._x()
+            if self.keep != 1.0:
+                x.mul_(self.keep)
+            if self.denom is not None:
+                x.addcdiv_(pack.buffers["exp_avg"], self.denom, value=self.step)
+            else:
+                x.add_(self.u, alpha=self.step)
+        else:
+            kind = (pack.dtype, pack.device)
+            u, x = self.direction(), self._x()
+            pack.scale_rows(x, u, factors["ma"][kind], factors["m"][kind], self.keep, self.step)
+        torch._foreach_copy_(pack.params, pack.views["x"])
+
+    def _x(self) -> Tensor:
+        if not self.x_fresh:
+            torch._foreach_copy_(self.pack.views["x"], self.pack.params)
+        return self.pack.buffers["x"]

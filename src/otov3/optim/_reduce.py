@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from otov3.optim._flat import sqrt_floor
 from otov3.optim._layout import Piece, Rows
 
 # Below this size a tensor is cheap to handle with foreach ops or by concatenation: no chunking.
@@ -92,6 +93,7 @@ def adam_pass(
     """
     sigma = bias2_sqrt / bias1
     eps_hat = eps * bias2_sqrt
+    floor = sqrt_floor(eps_hat, x.dtype)
     xf, gf, mf, vf = x.view(-1), g.view(-1), m.view(-1), v.view(-1)
     kf = None if keep is None else keep.view(-1)
     beta1, beta2 = betas
@@ -102,7 +104,11 @@ def adam_pass(
             gc = torch.add(gc, xc, alpha=weight_decay, out=scratch[1][: hi - lo])
         mc.lerp_(gc, 1 - beta1)
         vc.mul_(beta2).addcmul_(gc, gc, value=1 - beta2)
-        u = torch.sqrt(vc, out=scratch[2][: hi - lo] if kf is None else kf[lo:hi]).add_(eps_hat)
+        u = scratch[2][: hi - lo] if kf is None else kf[lo:hi]
+        if floor is None:
+            torch.sqrt(vc, out=u).add_(eps_hat)
+        else:  # zeros (moments of zero groups) and denormals are slow in sqrt; below `floor` they change nothing
+            torch.clamp(vc, min=floor, out=u).sqrt_().add_(eps_hat)
         torch.div(mc, u, out=u)
         if sink is not None and p.owned:
             _reduce_piece(xc, u, p, scratch[0], sink)

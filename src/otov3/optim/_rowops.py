@@ -22,8 +22,9 @@ class RowOps:
     """Mixed into `GroupOptimizer` (uses its `_layout`, `_flat_params`, `_caches`, `_factor_bufs`, `_views`)."""
 
     def _row_factors(self, decision: Decision | None, work: StepWork) -> None:
-        """Per-row ``a = 1 − α·wd_AdamW − α·c_g``, ``m = m_g`` and the λ pre-scale ``1 − α c_g/(1 − α·wd)``,
-        written into persistent per-dtype buffers whose per-parameter views are cached (`_view`)."""
+        """Per-row ``m = m_g``, ``m·a`` with ``a = 1 − α·wd_AdamW − α·c_g`` and the λ pre-scale
+        ``1 − α c_g/(1 − α·wd)`` (when foreach-held rows need it), written into persistent per-dtype buffers
+        whose per-parameter views are cached (`_view`)."""
         lay = self._layout
         ext = torch.zeros(lay.n_groups + 1, dtype=torch.float64)
         c = ext if decision is None or decision.c is None else torch.cat((decision.c, ext[:1]))
@@ -31,12 +32,11 @@ class RowOps:
         alpha, keep = self._rows_of(work.lr_of, work.decay_of)
         c_rows, m_rows = c[lay.row_group], m[lay.row_group]
         a_rows = keep - alpha * c_rows
-        self._fill("a", a_rows)
         self._fill("m", m_rows)
         self._fill("ma", m_rows * a_rows)
-        if decision is not None and decision.c is not None:
+        if decision is not None and decision.c is not None and work.foreach:  # only foreach-held rows need it
             self._fill("pre", 1 - alpha * c_rows / keep)
-        if decision is not None and decision.m is not None:
+        if decision is not None and decision.m is not None and work.deferred:
             work.m_params = frozenset(self._params_of(decision.m != 1))
 
     def _fill(self, name: str, values: Tensor) -> None:
