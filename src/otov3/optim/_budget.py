@@ -251,11 +251,20 @@ class BudgetMixin:
         with torch.no_grad():
             for p, old in zip(self._flat_params, params, strict=True):
                 p.copy_(old)
-        for p in self._flat_params:
-            if p in state:
-                self.state[p] = state[p]
-            else:
-                self.state.pop(p, None)
+            for p in self._flat_params:  # in place: the engine may hold state[p]'s tensors as views of flat buffers
+                if p not in state:
+                    self.state.pop(p, None)
+                    continue
+                now, old = self.state[p], state[p]
+                for key in [k for k in now if k not in old]:
+                    del now[key]
+                for key, value in old.items():
+                    current = now.get(key)
+                    if isinstance(value, torch.Tensor) and isinstance(current, torch.Tensor) and \
+                            current.shape == value.shape and current.dtype == value.dtype:
+                        current.copy_(value)
+                    else:
+                        now[key] = value
         self.state[self.RUN_KEY] = run
         self._set_k(run["budget"]["k"])
 
