@@ -66,13 +66,15 @@ def whole_steps(name: str, value: Any, minimum: int, *, optional: bool = False) 
 
 
 def check_gradients(params: Sequence[Tensor], labels: Sequence[str], step: int, who: str = "H2SPG", *,
-                    small: Sequence[int] | None = None) -> None:
+                    small: Sequence[int] | None = None, grads: Sequence[Tensor | None] | None = None) -> None:
     """Raises `OptimizerError` naming the first parameter whose gradient holds NaN or Inf (a few batched
     reductions, before anything moves). `labels` describe the parameters (name, and GeZIG if any); `small`: the
-    positions of the parameters under `SMALL_GRAD` scalars (computed here when not given)."""
+    positions of the parameters under `SMALL_GRAD` scalars (computed here when not given); `grads`: their
+    gradients, when the caller has them at hand."""
     if small is None:
         small = [i for i, p in enumerate(params) if p.numel() < SMALL_GRAD]
-    grads = [p.grad for p in params]
+    if grads is None:
+        grads = [p.grad for p in params]
     tiny = [grads[i] for i in small]
     tiny = [g for g in tiny if g is not None]
     suspect = bool(tiny) and not _amp_all_finite(tiny)

@@ -198,28 +198,37 @@ class GroupOptimizer(DirectionPass, RowOps, Optimizer):
                 for i, values in enumerate(options):
                     _checks.check_group_options(*values, where=f"param_groups[{i}] ")
                 self._checked_options = options
+            grads = [p.grad for p in self._flat_params]
             _checks.check_gradients(self._flat_params, self._labels, self.state[self.RUN_KEY]["step"], self.NAME,
-                                    small=self._small)
-            self._step()
+                                    small=self._small, grads=grads)
+            self._step(grads)
         return loss
 
-    def _step(self) -> None:
+    def _step(self, grads: list[Tensor | None]) -> None:
         run = self.state[self.RUN_KEY]
         n = run["step"] + 1
         observed, defer = self._plan(run, n)
         zero_rows, frozen = self._zero_rows(run["zero"])  # they get no gradient, so they and their buffers stay 0
         watch = frozenset(self._params_of(observed)) if observed is not None else frozenset()
-        work = self._directions(watch, frozen, zero_rows, defer=defer)
+        early, snapshot = None, dict(run)
+        if observed is None:  # the decision needs no reductions: take it first, so the passes apply it inline
+            early = self._decide(run, n, None)
+        try:
+            work = self._directions(watch, frozen, zero_rows, grads, defer=defer, inline=early)
+        except BaseException:
+            run.clear()
+            run.update(snapshot)  # all or nothing: the policy's choice of this step is undone too
+            raise
         per_group = self._reduce(work, watch, observed, n) if observed is not None else None
-        decision = self._decide(run, n, per_group)
-        if decision is not None or work.deferred:
+        decision = early if observed is None else self._decide(run, n, per_group)
+        if (decision is not None or work.deferred) and early is None:
             self._row_factors(decision, work)
             if decision is not None and decision.c is not None and work.foreach:  # λ step of foreach-held rows
                 self._scale(work, "pre", decision.c != 0, foreach_only=True)
         for apply in work.updates:
             apply()
         for finish in work.packs:
-            finish(self._factor_bufs if decision is not None else None)
+            finish(self._factor_bufs if decision is not None else None, work.a_is_1)
         for pos, finish in work.deferred:
             m = pos in work.m_params
             finish(a=self._view("ma", pos), m=self._view("m", pos) if m else None)  # m = 1: ma is a

@@ -59,11 +59,10 @@ class FlatPack:
                     self.blocks.append((lo, hi, w))
                 rows.append(torch.arange(r.n) + r.offset)
                 elem_rows.append((torch.arange(r.n) + r.offset).repeat_interleave(w))
-            else:
-                elem_rows.append(torch.full((p.numel(),), layout.n_rows, dtype=torch.long))
             lo = hi
+        self.rowed = sum(e.numel() for e in elem_rows)  # members with rows come first: elements [0, rowed)
         self.rows = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
-        self.elem_rows = torch.cat(elem_rows).to(self.device)  # element -> global row (n_rows: no row)
+        self.elem_rows = torch.cat(elem_rows).to(self.device) if elem_rows else self.rows  # element -> global row
         self.buffers: dict[str, Tensor] = {}
         self.views: dict[str, list[Tensor]] = {}
         self.x = self._new("x")
@@ -142,12 +141,20 @@ class FlatPack:
         sums = [prod[:, lo:hi].view(3, (hi - lo) // w, w).sum(2) for lo, hi, w in self.blocks]
         return (torch.cat(sums, dim=1) if len(sums) > 1 else sums[0]).t()
 
-    def scale_rows(self, x: Tensor, d: Tensor, ma: Tensor, m: Tensor, keep: float, step: float) -> None:
-        """``x ← ma·x + step·m·d`` per element from per-row factors of the global rows (``ma = m·a``; elements of
-        no row: ``a = keep``, ``m = 1``), in place on the flat ``x``."""
-        pad = torch.full((1,), keep, dtype=ma.dtype, device=ma.device)
-        x.mul_(torch.cat((ma, pad)).index_select(0, self.elem_rows))
-        x.addcmul_(d, torch.cat((m, torch.ones_like(pad))).index_select(0, self.elem_rows), value=step)
+    def scale_rows(self, x: Tensor, d: Tensor, ma: Tensor | None, m: Tensor, keep: float, step: float) -> None:
+        """``x ← ma·x + step·m·d`` per element from per-row factors of the global rows (``ma = m·a``, None when
+        ``a = 1``; elements of no row: ``x ← keep·x + step·d``), in place on the flat ``x``."""
+        r = self.rowed
+        if r and ma is None:  # a = 1: x ← m·(x + step·d)
+            x[:r].add_(d[:r], alpha=step).mul_(torch.index_select(m, 0, self.elem_rows, out=self.prod[0, :r]))
+        elif r:
+            idx, scratch = self.elem_rows, self.prod
+            x[:r].mul_(torch.index_select(ma, 0, idx, out=scratch[0, :r]))
+            x[:r].addcmul_(d[:r], torch.index_select(m, 0, idx, out=scratch[1, :r]), value=step)
+        if r < self.numel:
+            if keep != 1.0:
+                x[r:].mul_(keep)
+            x[r:].add_(d[r:], alpha=step)
 
     def views_of(self, flat: Tensor) -> list[Tensor]:
         for name, buf in self.buffers.items():

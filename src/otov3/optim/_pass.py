@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -22,26 +22,43 @@ from otov3.optim._base import adam_directions, sgd_directions
 from otov3.optim._flat import FlatPack, adam_step, sgd_step
 from otov3.optim._reduce import adam_finish, adam_pass, fusable, reduce_rest, sgd_finish, sgd_pass
 
+if TYPE_CHECKING:
+    from otov3.optim._engine import Decision
+
 
 class DirectionPass:
     """Mixed into `GroupOptimizer` (uses its `_layout`, `_flat_params`, `state`, `defaults`, `_caches`)."""
 
-    def _directions(self, watch: frozenset[int], frozen: frozenset[int], zero_rows: dict[int, Tensor], *,
-                    defer: bool) -> StepWork:
+    def _directions(self, watch: frozenset[int], frozen: frozenset[int], zero_rows: dict[int, Tensor],
+                    all_grads: list[Tensor | None], *, defer: bool, inline: Decision | None = None) -> StepWork:
         """Base directions of every param group (spec §5.1); foreach and flat updates are returned, not yet
-        applied. ``zero_rows`` (rows of zero groups per parameter) get no gradient, so they stay exactly zero."""
+        applied. ``zero_rows`` (rows of zero groups per parameter) get no gradient, so they stay exactly zero.
+        ``inline``: a decision taken before the pass; the cache-blocked passes apply its row factors in place."""
         variant, lay = self.defaults["variant"], self._layout
         work = StepWork(len(self._flat_params))
+        first = 0
+        for group in self.param_groups:
+            n = len(group["params"])
+            work.lr_of[first:first + n] = [group["lr"]] * n
+            work.decay_of[first:first + n] = [group["lr"] * group["weight_decay"] if variant == "adamw" else 0.0] * n
+            first += n
+        hit: frozenset[int] = frozenset()
+        if inline is not None:
+            self._row_factors(inline, work, pre=inline.c is not None)
+            mask = torch.zeros(lay.n_groups, dtype=torch.bool)
+            if inline.m is not None:
+                mask |= inline.m != 1
+            if inline.c is not None:
+                mask |= inline.c != 0
+            hit = frozenset(self._params_of(mask))
         first = 0
         for gi, group in enumerate(self.param_groups):
             lr, momentum, dampening, wd = group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
             n = len(group["params"])
-            work.lr_of[first:first + n] = [lr] * n
-            work.decay_of[first:first + n] = [lr * wd if variant == "adamw" else 0.0] * n
             packs, others = self._packs_of(gi, first)
             todo = list(others)
             for pack in packs:
-                if not self._pack_step(pack, group, work, watch, frozen, zero_rows):
+                if not self._pack_step(pack, group, work, watch, frozen, zero_rows, all_grads):
                     todo += [(pos, self._flat_params[pos]) for pos in pack.positions]
             first += n
             params, grads, states, want, positions = [], [], [], [], []
@@ -69,8 +86,12 @@ class DirectionPass:
                     buf = state.get("momentum_buffer") if momentum else None
                     if sink is not None:
                         work.sink_rows.append(pos)
+                    factors = None
+                    if pos in hit:
+                        factors = (None if work.a_is_1 else self._view("ma", pos), self._view("m", pos))
+                        work.deferred_pos.add(pos)  # scaled here, not after
                     sgd_pass(p, g, buf, lay.pieces(pos), sink, self._scratch(p), momentum=momentum,
-                             dampening=dampening, weight_decay=wd, lr=lr, update_x=not hold)
+                             dampening=dampening, weight_decay=wd, lr=lr, update_x=not hold, factors=factors)
                     if hold:  # d = b, or without momentum d = ∇f + wd·x (∇f stays as it is)
                         work.defer(pos, partial(sgd_finish, p, g if buf is None else buf, lay.pieces(pos), lr=lr,
                                                 x_in_d=wd if buf is None else 0.0))
@@ -84,10 +105,14 @@ class DirectionPass:
                         keep = self._u_buffers.get(pos)
                         keep = torch.empty_like(p) if keep is None or keep.shape != p.shape else keep
                         work.u_buffers[pos] = keep
+                    factors = None
+                    if pos in hit and keep is None:
+                        factors = (None if work.a_is_1 else self._view("ma", pos), self._view("m", pos))
+                        work.deferred_pos.add(pos)  # scaled here, not after
                     sigma = adam_pass(p, g, state["exp_avg"], state["exp_avg_sq"], lay.pieces(pos), sink,
                                       self._scratch(p), betas=group["betas"], eps=group["adam_eps"], lr=lr,
                                       weight_decay=wd, decoupled=variant == "adamw", bias1=1 - beta1 ** state["step"],
-                                      bias2_sqrt=math.sqrt(1 - beta2 ** state["step"]), keep=keep)
+                                      bias2_sqrt=math.sqrt(1 - beta2 ** state["step"]), keep=keep, factors=factors)
                     work.scale[pos] = sigma
                     if keep is not None:
                         work.defer(pos, partial(adam_finish, p, keep, lay.pieces(pos), lr=lr, sigma=sigma))
@@ -127,17 +152,18 @@ class DirectionPass:
                     kinds.setdefault((p.dtype, p.device), []).append((pos, p))
                 else:
                     others.append((pos, p))
-            packs = [FlatPack([pos for pos, _ in items], [p for _, p in items], lay) for items in kinds.values()]
+            packs = [FlatPack([pos for pos, _ in run], [p for _, p in run], lay)
+                     for items in kinds.values() for run in _runs(items, lay)]
             self._caches[key] = (packs, others)
         return self._caches[key]
 
     def _pack_step(self, pack: FlatPack, group: dict[str, Any], work: StepWork, watch: frozenset[int],
-                   frozen: frozenset[int], zero_rows: dict[int, Tensor]) -> bool:
+                   frozen: frozenset[int], zero_rows: dict[int, Tensor], all_grads: list[Tensor | None]) -> bool:
         """The flat step of one pack (directions now; reductions and the update queued on ``work``). False when
         the pack cannot take it this step (a missing or sparse gradient, mixed state, a parameter moved to
         another dtype or device): its parameters then take the per-tensor path."""
         params = pack.params
-        grads = [p.grad for p in params]
+        grads = [all_grads[i] for i in pack.positions]
         p0 = params[0]  # moving a model (`.to()`, `.half()`) moves every parameter
         if any(g is None for g in grads) or p0.dtype != pack.dtype or p0.device != pack.device:
             return False
@@ -167,8 +193,8 @@ class DirectionPass:
             run = _PackRun(pack, None, denom, scale, -lr * scale, keep, x_fresh=watched or wd != 0)
             for pos in pack.positions:
                 work.scale[pos] = scale
-        if watched:
-            work.pack_sums.append((pack, run.direction()))
+        if watched:  # reduced now, while the pack is in cache
+            work.pack_sums.append((pack, pack.reduce(run.direction())))
         work.packs.append(run.finish)
         work.deferred_pos.update(pack.positions)
         return True
@@ -186,18 +212,31 @@ class DirectionPass:
             if work.sink[0]:
                 out.index_add_(0, single, _stack(work.sink[0]).view(-1, 3).to(out.device, torch.float64))
             if work.sink[1]:
-                out.index_add_(0, block, _stack(work.sink[1], cat=True).to(out.device, torch.float64))
-        for pack, d in work.pack_sums:
+                norms = _stack(work.sink[1], cat=True).to(out.device, torch.float64)
+                norms[:, 0::2] **= 2  # the blocks' row norms ‖x‖, ‖d‖
+                out.index_add_(0, block, norms)
+        for pack, sums in work.pack_sums:
             if pack.rows.numel():
-                out.index_add_(0, pack.rows, pack.reduce(d).to(out.device, torch.float64))
-        reduce_rest(out, [(lay.rows[pos], x, d) for pos, x, d in work.rest], self._caches)
-        alpha, keep = self._rows_of(work.lr_of, work.decay_of)
-        if self.defaults["variant"] != "sgd":  # d = σ·u, u reduced
+                out.index_add_(0, pack.rows, sums.to(out.device, torch.float64))
+        if work.rest:
+            reduce_rest(out, [(lay.rows[pos], x, d) for pos, x, d in work.rest], self._caches)
+        if not math.isfinite(float(out.sum())):
+            self._refuse(out, observed, n)
+        one_sigma = len(set(work.scale)) == 1
+        if self.defaults["variant"] != "sgd" and not one_sigma:  # d = σ·u, u reduced; σ per parameter
             sigma = torch.tensor(work.scale, dtype=torch.float64)[lay.row_param]
             out[:, 1] *= sigma
             out[:, 2] *= sigma * sigma
-        if not math.isfinite(float(out.sum())):
-            self._refuse(out, observed, n)
+        if len(set(work.lr_of)) == 1 and len(set(work.decay_of)) == 1:  # one α for all: per-group sums first
+            sums = torch.zeros(lay.n_groups + 1, 3, dtype=torch.float64).index_add_(0, lay.row_group, out)[:-1]
+            sigma = work.scale[0] if self.defaults["variant"] != "sgd" and one_sigma else 1.0
+            lr, keep = work.lr_of[0], 1 - work.decay_of[0]
+            factors = torch.tensor([1.0, sigma, sigma * sigma, keep, lr, lr * sigma], dtype=torch.float64)
+            return sums[:, [0, 1, 2, 0, 0, 1]] * factors
+        if self.defaults["variant"] != "sgd" and one_sigma:
+            out[:, 1] *= work.scale[0]
+            out[:, 2] *= work.scale[0] ** 2
+        alpha, keep = self._rows_of(work.lr_of, work.decay_of)
         x_sq, xd = out[:, 0], out[:, 1]
         cols = torch.stack((x_sq, xd, out[:, 2], keep * x_sq, alpha * x_sq, alpha * xd), dim=1)
         per_group = torch.zeros(lay.n_groups + 1, 6, dtype=torch.float64).index_add_(0, lay.row_group, cols)
@@ -254,8 +293,9 @@ class StepWork:
         self.deferred_pos: set[int] = set()
         self.u_buffers: dict[int, Tensor] = {}  # Adam directions of the deferred parameters
         self.m_params: frozenset[int] = frozenset()  # parameters with a row whose multiplier m is not 1
-        self.pack_sums: list[tuple[FlatPack, Tensor]] = []  # (pack, its flat direction) to reduce
+        self.pack_sums: list[tuple[FlatPack, Tensor]] = []  # (pack, its rows' reductions)
         self.packs: list[Callable[..., None]] = []  # flat updates, applied after the decision
+        self.a_is_1 = False  # the row factors have a = 1 everywhere: only "m" was filled
 
     def defer(self, pos: int, finish: Callable[..., None]) -> None:
         self.deferred_pos.add(pos)
@@ -283,7 +323,7 @@ class _PackRun:
             self.denom = None
         return self.u
 
-    def finish(self, factors: dict[str, dict[Any, Tensor]] | None) -> None:
+    def finish(self, factors: dict[str, dict[Any, Tensor]] | None, a_is_1: bool = False) -> None:
         """``x ← m·(a·x + step·u)`` with the step's per-row factor buffers; None: the plain step, with
         torch.optim's own ops (SGD ``x ← x − α d``; Adam ``x ← keep·x − α m/denom/(1−β1^t)``)."""
         pack = self.pack
@@ -301,10 +341,32 @@ class _PackRun:
         else:
             kind = (pack.dtype, pack.device)
             u, x = self.direction(), self._x()
-            pack.scale_rows(x, u, factors["ma"][kind], factors["m"][kind], self.keep, self.step)
+            ma = None if a_is_1 else factors["ma"][kind]
+            pack.scale_rows(x, u, ma, factors["m"][kind], self.keep, self.step)
         torch._foreach_copy_(pack.params, pack.views["x"])
 
     def _x(self) -> Tensor:
         if not self.x_fresh:
             torch._foreach_copy_(self.pack.views["x"], self.pack.params)
         return self.pack.buffers["x"]
+
+
+def _runs(items: list[tuple[int, Tensor]], lay: Any) -> list[list[tuple[int, Tensor]]]:
+    """Members of one kind cut into packs of at most `PACK_SIZE` scalars, ordered by row width (so that each pack
+    has few blocks of equal width): each pack's step then runs in cache."""
+    def width(item: tuple[int, Tensor]) -> float:
+        rows = lay.rows.get(item[0])
+        return math.inf if rows is None else item[1].numel() // rows.n
+
+    out: list[list[tuple[int, Tensor]]] = [[]]
+    size = 0
+    for item in sorted(items, key=lambda it: (width(it), it[0])):
+        if out[-1] and size + item[1].numel() > PACK_SIZE:
+            out.append([])
+            size = 0
+        out[-1].append(item)
+        size += item[1].numel()
+    return out
+
+
+PACK_SIZE = 1 << 18

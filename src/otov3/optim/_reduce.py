@@ -35,7 +35,8 @@ def fusable(x: Tensor, g: Tensor, rows: Rows | None, *buffers: Tensor | None) ->
     )
 
 
-Sink = tuple[list[Tensor], list[Tensor]]  # (three 0-d dots per one-row piece, one (rows, 3) tensor per block)
+# (three 0-d dots ‖x‖², ⟨x,d⟩, ‖d‖² per one-row piece, one (rows, 3) tensor ‖x‖, ⟨x,d⟩, ‖d‖ per block)
+Sink = tuple[list[Tensor], list[Tensor]]
 
 
 def _reduce_piece(xc: Tensor, dc: Tensor, p: Piece, scratch: Tensor, sink: Sink) -> None:
@@ -43,21 +44,23 @@ def _reduce_piece(xc: Tensor, dc: Tensor, p: Piece, scratch: Tensor, sink: Sink)
     if n == 1:  # part of a row, or a single row: three BLAS dots, stacked once per step by the engine
         sink[0].extend((torch.dot(xc, xc), torch.dot(xc, dc), torch.dot(dc, dc)))
         return
+    # row norms need no scratch pass (squared by the engine, once per step): 4 passes over the chunk instead of 6
     xv, dv, s = xc.view(n, -1), dc.view(n, -1), scratch[: xc.numel()].view(n, -1)
-    sink[1].append(torch.stack((torch.mul(xv, xv, out=s).sum(1), torch.mul(xv, dv, out=s).sum(1),
-                                torch.mul(dv, dv, out=s).sum(1)), dim=1))
+    sink[1].append(torch.stack((torch.linalg.vector_norm(xv, dim=1), torch.mul(xv, dv, out=s).sum(1),
+                                torch.linalg.vector_norm(dv, dim=1)), dim=1))
 
 
 def sgd_pass(
     x: Tensor, g: Tensor, b: Tensor | None, pieces: Sequence[Piece], sink: Sink | None,
     scratch: tuple[Tensor, Tensor, Tensor], *, momentum: float, dampening: float, weight_decay: float, lr: float,
-    update_x: bool,
+    update_x: bool, factors: tuple[Tensor | None, Tensor] | None = None,
 ) -> None:
     """One SGD pass over a parameter, chunk by chunk, with the row reductions the groups need.
 
     With momentum ``d = b ← μb + (1−τ)(∇f + wd·x)``; without (``b`` None) ``d = ∇f + wd·x`` is formed in a
     chunk-sized scratch (or is ``∇f`` itself). An owned piece appends its reductions to ``sink`` (when
-    given); then, if ``update_x``, ``x ← x − αd``. The reductions see ``x`` before its update.
+    given); then, if ``update_x``, ``x ← x − αd``, or with per-row ``factors = (m·a, m)`` already decided,
+    ``x ← m·(a·x − αd)``. The reductions see ``x`` before its update.
     """
     xf, gf = x.view(-1), g.view(-1)
     bf = None if b is None else b.view(-1)
@@ -75,7 +78,9 @@ def sgd_pass(
                 dc.add_(xc, alpha=weight_decay * (1 - dampening))
         if sink is not None and p.owned:
             _reduce_piece(xc, dc, p, scratch[0], sink)
-        if update_x:
+        if factors is not None:
+            _scale_piece(xc, dc, p, factors, -lr)
+        elif update_x:
             xc.add_(dc, alpha=-lr)
 
 
@@ -83,13 +88,15 @@ def adam_pass(
     x: Tensor, g: Tensor, m: Tensor, v: Tensor, pieces: Sequence[Piece], sink: Sink | None,
     scratch: tuple[Tensor, Tensor, Tensor], *, betas: tuple[float, float], eps: float, lr: float, weight_decay: float,
     decoupled: bool, bias1: float, bias2_sqrt: float, keep: Tensor | None,
+    factors: tuple[Tensor | None, Tensor] | None = None,
 ) -> float:
     """One Adam/AdamW pass over a parameter, chunk by chunk, with the row reductions (spec §5.1).
 
     ``m ← β1 m + (1−β1) g'``, ``v ← β2 v + (1−β2) g'²``, ``u = m / (sqrt(v) + eps·sqrt(1−β2^t))``, so that
     ``d = σ·u`` with ``σ = sqrt(1−β2^t)/(1−β1^t)``; an owned piece appends ``‖x‖², ⟨x,u⟩, ‖u‖²`` per row.
     Then either AdamW's decay and ``x ← x − α σ u`` right away, or, when ``keep`` (shaped like ``x``) is given,
-    ``u`` is written there for `adam_finish`. Returns ``σ``.
+    ``u`` is written there for `adam_finish`, or with per-row ``factors = (m·a, m)`` already decided
+    ``x ← m·a·x − α σ m u``. Returns ``σ``.
     """
     sigma = bias2_sqrt / bias1
     eps_hat = eps * bias2_sqrt
@@ -112,11 +119,24 @@ def adam_pass(
         torch.div(mc, u, out=u)
         if sink is not None and p.owned:
             _reduce_piece(xc, u, p, scratch[0], sink)
-        if kf is None:
+        if factors is not None:  # m·a holds AdamW's decay
+            _scale_piece(xc, u, p, factors, -lr * sigma)
+        elif kf is None:
             if decoupled and weight_decay != 0:
                 xc.mul_(1 - lr * weight_decay)
             xc.add_(u, alpha=-lr * sigma)
     return sigma
+
+
+def _scale_piece(xc: Tensor, dc: Tensor, p: Piece, factors: tuple[Tensor | None, Tensor], step: float) -> None:
+    """``x ← ma·x + step·m·d`` on one piece (in cache), rows' factors ``(ma, m)``; ``ma`` None: ``a = 1``, so
+    ``x ← m·(x + step·d)`` (the plain step, then the rows' multipliers)."""
+    n = 1 if p.partial else p.r1 - p.r0
+    ma, m = factors
+    if ma is None:
+        xc.add_(dc, alpha=step).view(n, -1).mul_(m[p.r0:p.r1, None])
+    else:
+        xc.view(n, -1).mul_(ma[p.r0:p.r1, None]).addcmul_(dc.view(n, -1), m[p.r0:p.r1, None], value=step)
 
 
 def _finish(x: Tensor, src: Tensor, pieces: Sequence[Piece], a: Tensor, m: Tensor | None, step: float) -> None:

@@ -21,20 +21,24 @@ if TYPE_CHECKING:
 class RowOps:
     """Mixed into `GroupOptimizer` (uses its `_layout`, `_flat_params`, `_caches`, `_factor_bufs`, `_views`)."""
 
-    def _row_factors(self, decision: Decision | None, work: StepWork) -> None:
+    def _row_factors(self, decision: Decision | None, work: StepWork, *, pre: bool = False) -> None:
         """Per-row ``m = m_g``, ``m·a`` with ``a = 1 − α·wd_AdamW − α·c_g`` and the λ pre-scale
         ``1 − α c_g/(1 − α·wd)`` (when foreach-held rows need it), written into persistent per-dtype buffers
         whose per-parameter views are cached (`_view`)."""
         lay = self._layout
         ext = torch.zeros(lay.n_groups + 1, dtype=torch.float64)
-        c = ext if decision is None or decision.c is None else torch.cat((decision.c, ext[:1]))
         m = ext + 1 if decision is None or decision.m is None else torch.cat((decision.m, ext[:1] + 1))
-        alpha, keep = self._rows_of(work.lr_of, work.decay_of)
-        c_rows, m_rows = c[lay.row_group], m[lay.row_group]
-        a_rows = keep - alpha * c_rows
+        m_rows = m[lay.row_group]
         self._fill("m", m_rows)
+        work.a_is_1 = (decision is None or decision.c is None) and not any(work.decay_of) and not work.deferred
+        if work.a_is_1:  # x ← m·(x − α d): "ma" would equal "m"; the passes multiply by m after the step
+            return
+        c = ext if decision is None or decision.c is None else torch.cat((decision.c, ext[:1]))
+        alpha, keep = self._rows_of(work.lr_of, work.decay_of)
+        c_rows = c[lay.row_group]
+        a_rows = keep - alpha * c_rows
         self._fill("ma", m_rows * a_rows)
-        if decision is not None and decision.c is not None and work.foreach:  # only foreach-held rows need it
+        if decision is not None and decision.c is not None and (work.foreach or pre):  # for foreach-held rows
             self._fill("pre", 1 - alpha * c_rows / keep)
         if decision is not None and decision.m is not None and work.deferred:
             work.m_params = frozenset(self._params_of(decision.m != 1))
