@@ -169,3 +169,51 @@ def test_both_mode_state_dict_resumes_in_lockstep():
         assert torch.equal(a, b), name
     assert [g.name for g in opt.zero_groups] == [g.name for g in twin_opt.zero_groups]
     assert opt.phase == "plain" and len(opt.zero_groups) == len(opt.redundant_groups)
+
+
+def _train_budget(name: str, k: int, **budget):
+    make, shape, _ = MODELS[name]
+    torch.manual_seed(0)
+    model = make()
+    oto = OTO(model, torch.randn(2, *shape), mode="both")
+    opt = oto.h2spg(lr=0.05, momentum=0.9, target_group_sparsity=k, warmup_steps=2, hybrid_steps=4, **budget)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(8):
+        opt.zero_grad()
+        model(torch.randn(4, *shape, generator=gen)).square().mean().backward()
+        opt.step()
+    return oto, opt
+
+
+@pytest.mark.parametrize("name, k, budget", [
+    ("demo_supnet", 1, {"target_macs": 0.4}),
+    ("demo_supnet", 2, {"target_params": 0.3}),
+    ("residual", 1, {"target_macs": 0.5}),
+    ("residual", 1, {"target_params": 2500}),
+])
+def test_both_mode_budget_is_met_exactly_as_predicted_and_minimal(name, k, budget):
+    oto, opt = _train_budget(name, k, **budget)
+    subnet = oto.construct_subnet()
+    report = oto.compression_report(subnet)
+    kind, value = next(iter(budget.items()))
+    measure = kind.removeprefix("target_")
+    limit = value * report[f"{measure}_before"] if value < 1 else value
+    assert report[f"{measure}_after"] <= limit
+    assert (report["predicted_params"], report["predicted_macs"]) == (report["params_after"], report["macs_after"])
+    gezigs = [g for g in opt.redundant_groups if g.is_gezig]
+    channels = [g for g in opt.redundant_groups if not g.is_gezig]
+    assert len(gezigs) == k and channels
+    # minimal: without the last admitted channel group the predicted sub-network would not fit
+    fewer = oto.predict_size([*gezigs, *channels[:-1]])
+    assert fewer[measure] > limit
+
+
+def test_both_mode_unreachable_budget_says_the_smallest_size():
+    oto = OTO(DemoSupNet(width=0.25), torch.randn(1, 1, 28, 28), mode="both")
+    with pytest.raises(ValueError, match=r"cannot be reached: removing 1 GeZIG\(s\) .* leaves at least .* MACs"):
+        oto.h2spg(target_group_sparsity=1, target_macs=0.001, warmup_steps=1, hybrid_steps=2)
+    with pytest.raises(ValueError, match="not both"):
+        oto.h2spg(target_group_sparsity=1, target_macs=0.5, target_channel_sparsity=0.2, warmup_steps=1,
+                  hybrid_steps=2)
+    with pytest.raises(ValueError, match="target_channel_sparsity .* or a budget"):
+        oto.h2spg(target_group_sparsity=1, warmup_steps=1, hybrid_steps=2)

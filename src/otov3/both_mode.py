@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 import torch.fx
 
 from otov3.errors import ConstructionError
@@ -84,3 +85,19 @@ def _keep_one(prune, zero: list[Group]) -> list[Group]:
     for node, found in by_node.items():
         out.extend(found[1:] if len(found) >= sizes[node] else found)
     return out
+
+
+def build_both_without(space: SearchSpace, groups: Sequence[Group], *, group_divisible: int) -> torch.fx.GraphModule:
+    """The both-modes sub-network without `groups` before they are zero (size prediction for budgets): their
+    scalars are zeroed in place for the build and restored bit for bit afterwards, so that the slimming stage
+    sees exactly the channels the optimizer will zero."""
+    saved = [(s, s.view().clone()) for g in groups for s in g.slices]
+    try:
+        with torch.no_grad():
+            for s, _ in saved:
+                s.view().zero_()
+        return build_both_subnet(space, groups, group_divisible=group_divisible).subnet
+    finally:
+        with torch.no_grad():
+            for s, value in reversed(saved):
+                s.view().copy_(value)

@@ -8,7 +8,9 @@ policy adds atoms up into whichever family it reasons about:
     end of warm-up:   G_r = H2SPG's greedy valid walk, K GeZIGs;
                       effective channel groups = their atoms outside G_r (a channel inside a removed operation
                       does not count); one-step DHSPG scores over them (spec §5.4), the top ρ of them, keeping at
-                      least one channel of every node group: the channel targets C_r
+                      least one channel of every node group: the channel targets C_r (with a budget,
+                      ``target_params`` / ``target_macs``: the shortest prefix of that walk whose predicted
+                      sub-network, without G_r and the prefix, fits; `otov3.optim._budget`)
     hybrid:           each target g ∈ G_r ∪ C_r (disjoint in atoms) takes the λ step and half-space test of
                       spec §5.3–§5.5 over its atoms; all of them are exactly zero by the deadline
 """
@@ -23,10 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from otov3.optim import _checks, kernels
+from otov3.optim import _budget, _checks, kernels
+from otov3.optim._budget import SizeOf
 from otov3.optim._checks import check_number
 from otov3.optim._engine import Decision, preset
 from otov3.optim._halfspace import HalfSpaceOptimizer
+from otov3.optim._joint_budget import JointBudget
 from otov3.space import Group
 
 __all__ = ["JointH2SPG"]
@@ -34,7 +38,7 @@ __all__ = ["JointH2SPG"]
 RUN_KEY = "joint"
 
 
-class JointH2SPG(HalfSpaceOptimizer):
+class JointH2SPG(JointBudget, HalfSpaceOptimizer):
     """H2SPG with a second target: ``target_channel_sparsity`` ρ of the channel groups of the operations that stay.
 
     Args:
@@ -44,6 +48,10 @@ class JointH2SPG(HalfSpaceOptimizer):
         is_valid: validity of removing the GeZIGs with these indices (spec §3.3).
         target_group_sparsity: K GeZIGs (a count, or a fraction of the GeZIGs).
         target_channel_sparsity: ρ in [0, 1): the fraction of the effective channel groups to zero.
+        target_params, target_macs: instead of ρ, a budget for the sub-network (a fraction of the super-network in
+            (0, 1) or an absolute count): after the K GeZIGs, channel groups are admitted until it fits.
+        size_of: with a budget, ``(params, MACs)`` of the sub-network without the groups of these indices
+            (GeZIGs first, then ``len(gezigs) + channel index``); reference_size: the super-network's.
         Every other option is H2SPG's (`otov3.optim.H2SPG`).
 
     Raises:
@@ -67,9 +75,13 @@ class JointH2SPG(HalfSpaceOptimizer):
         is_valid: Callable[[frozenset[int]], bool],
         *,
         target_group_sparsity: int | float,
-        target_channel_sparsity: float,
+        target_channel_sparsity: float | None = None,
         warmup_steps: int,
         hybrid_steps: int | None = None,
+        target_params: int | float | None = None,
+        target_macs: int | float | None = None,
+        size_of: SizeOf | None = None,
+        reference_size: tuple[int, int] | None = None,
         variant: str = "sgd",
         lr: float | None = None,
         momentum: float = 0.0,
@@ -92,29 +104,44 @@ class JointH2SPG(HalfSpaceOptimizer):
             variant, epsilon=epsilon, lam=lam, eta=eta, kappa=kappa, deadline_window=deadline_window,
             score_weights=score_weights, warmup_steps=warmup_steps, hybrid_steps=hybrid_steps)
         check_number("score_momentum", score_momentum, 0.0, 1.0)
-        check_number("target_channel_sparsity", target_channel_sparsity, 0.0, 1.0, high_open=True)
         if not gezigs and not channels:
             raise ValueError("no GeZIG and no channel group: nothing to remove")
+        budget = None if target_params is None and target_macs is None else _budget.resolve_budget(
+            target_group_sparsity=None, target_params=target_params, target_macs=target_macs, size_of=size_of,
+            reference_size=reference_size)
+        if budget is not None and target_channel_sparsity is not None:
+            raise ValueError(f"pass either target_channel_sparsity={target_channel_sparsity!r} or {budget.argument}, "
+                             "not both: the budget decides how many channel groups are removed")
+        if budget is None:
+            if target_channel_sparsity is None:
+                raise ValueError("both modes need target_channel_sparsity (the fraction of the remaining channel "
+                                 "groups to remove) or a budget (target_params / target_macs)")
+            check_number("target_channel_sparsity", target_channel_sparsity, 0.0, 1.0, high_open=True)
         k = kernels.target_count(target_group_sparsity, len(gezigs)) if gezigs else 0
         self._gezig_groups, self._channel_groups = tuple(gezigs), tuple(channels)
         self._virtual = self._gezig_groups + self._channel_groups
         self._atom_gezig, self._atom_channel = atom_gezig.long(), atom_channel.long()
         self._is_gezig_valid = is_valid
         self._is_valid = None
+        self._budget, self._size_of = budget, size_of
+        extra = {} if budget is None else {"budget": {"target": budget.kind, "limit": budget.limit, "k": None,
+                                                      "predicted": None}}
         self._setup(
             params, atoms, **base, official_adam_init=official_adam_init, param_names=param_names,
             defaults={"target_group_sparsity": target_group_sparsity, "k_gezigs": k,
-                      "target_channel_sparsity": float(target_channel_sparsity),
-                      "k": k + int(len(channels) * target_channel_sparsity), "warmup_steps": warmup_steps,
+                      "target_channel_sparsity": target_channel_sparsity,
+                      "k": k + int(len(channels) * (target_channel_sparsity or 0.0)), "warmup_steps": warmup_steps,
                       "hybrid_steps": hybrid_steps, "epsilon": epsilon, "score_momentum": score_momentum,
                       "lam": lam, "eta": eta, "kappa": kappa, "deadline_window": deadline_window,
                       "score_weights": tuple(score_weights)},
             run={"step": 0, "scores": torch.zeros(len(gezigs), dtype=torch.float64), "redundant": None,
                  "rejected": [], "channel_targets": [], "zero": [], "vzero": [], "forced": [],
-                 "groups": [g.name for g in atoms]},
+                 "groups": [g.name for g in atoms], **extra},
         )
         self._node_of = None  # the keep-one rule is applied to effective channel groups, not to atoms
         self._gezig_atoms = self._atom_gezig >= 0
+        if budget is not None:
+            self._check_reachable(k)
 
     # ----------------------------------------------------------------------------------------- introspection
     @property
@@ -242,19 +269,18 @@ class JointH2SPG(HalfSpaceOptimizer):
         outside = ~removed[self._atom_gezig] | ~self._gezig_atoms
         eff = self._sum(per_atom * outside[:, None], self._atom_channel, nc)
         numel = self._sum((self._layout.group_numel * outside)[:, None], self._atom_channel, nc)[:, 0]
-        eligible = (numel > 0).nonzero().flatten().tolist()
-        k_c = int(len(eligible) * cfg["target_channel_sparsity"])
+        eligible, node_of = self._eligible(run["redundant"])
         run["channel_targets"] = []
-        if eligible and k_c:
+        if eligible:
             e = torch.tensor(eligible)
             scores = torch.full((nc,), -math.inf, dtype=torch.float64)
             scores[e] = kernels.dhspg_scores(eff[e, 1], eff[e, 0], eff[e, 2], numel[e], weights=cfg["score_weights"])
-            node_of = [-1] * nc
-            for h in eligible:
-                node_of[h] = self._channel_groups[h].node_group
+            k_c = None if self._budget is not None else int(len(eligible) * cfg["target_channel_sparsity"])
             picked = kernels.greedy_select(scores.tolist(), [g.macs for g in self._channel_groups], k_c, None,
                                            eligible=eligible, node_of=node_of)
             run["channel_targets"] = list(picked.selected)
+        if self._budget is not None:
+            self._fit_channels(run)
         cfg["k"] = len(run["redundant"]) + len(run["channel_targets"])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -266,6 +292,7 @@ class JointH2SPG(HalfSpaceOptimizer):
 
     def _check_run(self, run: Any) -> None:
         where = _checks.check_run_common(run, self, self.RUN_FIELDS, "groups")
+        self._check_budget(where, run)
         ng, nc, na = len(self._gezig_groups), len(self._channel_groups), len(self._groups)
         v, names = ng + nc, [g.name for g in self._virtual]
         _checks.check_scores(where, "scores", run["scores"], ng)
