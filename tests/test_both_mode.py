@@ -217,3 +217,9 @@ def test_both_mode_unreachable_budget_says_the_smallest_size():
                   hybrid_steps=2)
     with pytest.raises(ValueError, match="target_channel_sparsity .* or a budget"):
         oto.h2spg(target_group_sparsity=1, warmup_steps=1, hybrid_steps=2)
+
+
+def test_both_mode_draws_the_dependency_graph_and_the_channel_groups(tmp_path):
+    oto = OTO(DemoSupNet(width=0.25), torch.randn(1, 1, 28, 28), mode="both")
+    names = {p.name for p in oto.visualize(tmp_path, svg=False)}
+    assert {"dependency_graph.dot", "channel_groups.dot", "trace_graph.dot"} <= names

@@ -654,11 +654,11 @@ class OTO:
         if self._prune is not None:  # pruning mode: the trace graph with its node groups coloured
             from otov3.viz.dot import node_group_dot
 
-            zeros = {g.node_group for g in self.zero_groups()}
+            zeros = {g.node_group for g in self.zero_groups() if not g.is_gezig}
             groups = [(self._prune.names[g.id], g.vertices, g.prunable, g.id in zeros) for g in self._prune.node_groups]
             files += write_graph(node_group_dot(space.trace, groups), out / "channel_groups", svg=svg)
-        else:
-            zero = [s for g in self.zero_groups() for s in g.segments]
+        if self.mode != "prune":  # erasing and both modes: the dependency graph with its GeZIGs
+            zero = [s for g in self.zero_groups() if g.is_gezig for s in g.segments]
             gezigs = [(g.name, g.segments) for g in space.gezigs]
             files += write_graph(dependency_dot(space.trace, space.dependency, gezigs, zero),
                                  out / "dependency_graph", svg=svg)
