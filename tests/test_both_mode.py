@@ -248,3 +248,19 @@ def test_both_modes_on_every_modern_block_replica_stay_exact(name):
     if oto._both.channels:  # the recurrent replicas have no channel group (an LSTM keeps its width)
         assert report["params_saved_by_slimming"] > 0
     assert report["params_after"] == sum(p.numel() for p in subnet.parameters())
+
+
+def test_both_mode_refuses_to_build_before_the_deadline():
+    from otov3.errors import ConstructionError
+
+    make, shape, _ = MODELS["residual"]
+    model = make()
+    oto = OTO(model, torch.randn(2, *shape), mode="both")
+    opt = oto.h2spg(lr=0.05, momentum=0.9, target_group_sparsity=1, target_channel_sparsity=0.3, warmup_steps=2,
+                    hybrid_steps=20)
+    for _ in range(4):
+        opt.zero_grad()
+        model(torch.randn(4, *shape)).square().mean().backward()
+        opt.step()
+    with pytest.raises(ConstructionError, match="train at least 18 more step"):
+        oto.construct_subnet()
