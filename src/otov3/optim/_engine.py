@@ -5,7 +5,9 @@ computes every parameter's base direction and, for the observed groups' paramete
 ``‖x‖², ⟨x,d⟩, ‖d‖²`` in the same cache-blocked pass (`_reduce`); the policy turns the per-group sums into a
 `Decision` (`_decide`: scores, selection, λ_g and the half-space test, shrink factors); every row then takes
 ``x ← m_g·(a·x − α d)`` with ``a = 1 − α·wd_AdamW − α·c_g`` (``c_g = λ_g/‖x_g‖``), and zero groups stay
-exactly zero with their buffer rows. Everything per group is a ``(G,)`` tensor: no Python loop over groups.
+exactly zero with their buffer rows. Everything per group is a ``(G,)`` tensor: no Python loop over groups. A
+decision that needs no reductions (``_plan`` observes nothing, e.g. HESSO's shrink steps) is taken before the
+pass, which then applies its row factors while each chunk is in cache.
 """
 
 from __future__ import annotations
