@@ -264,3 +264,13 @@ def test_both_mode_refuses_to_build_before_the_deadline():
         opt.step()
     with pytest.raises(ConstructionError, match="train at least 18 more step"):
         oto.construct_subnet()
+
+
+def test_construction_during_a_budget_warmup_says_the_budget_chooses_k():
+    from otov3.errors import ConstructionError
+
+    oto = OTO(DemoSupNet(width=0.25), torch.randn(1, 1, 28, 28))
+    oto.h2spg(target_macs=0.6, warmup_steps=5, hybrid_steps=5)
+    with pytest.raises(ConstructionError, match=r"budget will choose at the end of warm-up") as err:
+        oto.construct_subnet()
+    assert "None" not in str(err.value)

@@ -49,12 +49,14 @@ def check_promise(optimizer: Any, gezigs: Sequence[Group], *, allow_partial: boo
     due, advice = _deadline_text(defaults, step, name)
     redundant = optimizer.redundant_groups
     if not redundant and step <= warmup:
+        target = f"K={k}" if k is not None else "groups its budget will choose at the end of warm-up (K)"
         message = (
             f"{name} ran {step} step(s) and is still in warm-up (warmup_steps={warmup}): no {noun} was selected for "
-            f"removal, so 0 of the K={k} target groups are zero (due {due}). Construction would return the whole "
-            f"network. To fix: {advice}."
+            f"removal, so 0 of the {target} target groups are zero (due {due}). Construction would return the "
+            f"whole network. To fix: {advice}."
         )
     else:
+        k = len(redundant) if k is None else k  # a budget's K is only known once it has chosen
         pending = [g for g in redundant if not g.is_zero()]
         unchosen = k - len(redundant) if hybrid is not None and step < warmup + hybrid else 0  # HESSO's periods
         if len(redundant) < k and not unchosen:
