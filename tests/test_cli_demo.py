@@ -203,3 +203,16 @@ def test_demo_on_real_fashion_mnist_subset(tmp_path, capsys):
     assert m["baseline_top1"] is None and m["same_predictions_percent"] == 100.0
     assert m["macs_ratio"] <= 0.5  # every valid 3-group removal of DemoSupNet keeps at most 47 % of the MACs
     assert "DemoSupNet OTOv3 sub-network" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mode", ["erase", "prune", "both"])
+def test_demo_meets_a_macs_budget_in_every_mode_and_reports_it(fake_data, tmp_path, mode):
+    code = main(["demo", "--mode", mode, "--target-macs", "0.5", "--data", str(fake_data), "--out", str(tmp_path),
+                 *TINY, "--no-baseline"])
+    assert code == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["settings"]["target_macs"] == 0.5 and m["macs_ratio"] <= 0.5
+    assert m["budget_macs"] == 0.5 * m["macs_before"]
+    assert (m["predicted_params"], m["predicted_macs"]) == (m["params_after"], m["macs_after"])
+    assert m["same_predictions_percent"] == 100.0
+    assert "at most 50 % of the MACs" in (tmp_path / "report.md").read_text()

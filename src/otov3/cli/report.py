@@ -80,22 +80,38 @@ def plot_group_norms(history: list[list[float]], names: list[str], redundant: se
     return path
 
 
+def _plan_text(s: dict, metrics: dict, deadline: int) -> str:
+    """What the run set out to remove, in words (counts or a MACs budget, per mode)."""
+    budget = f"at most {100 * s['target_macs']:g} % of the MACs" if s.get("target_macs") is not None else None
+    tail = f", warm-up {s['warmup_steps']} steps, redundant groups zero by step {deadline}."
+    mode = s.get("mode", "erase")
+    if mode == "prune":
+        what = budget or f"{100 * s['target_sparsity']:g} % of the {metrics['channel_groups']} channel groups"
+        return f"{s['optimizer'].upper()} (pruning mode): channel groups removed down to {what}{tail}" if budget \
+            else f"{s['optimizer'].upper()} (pruning mode): {what} to remove{tail}"
+    if mode == "both":
+        slim = budget or f"{100 * s['target_sparsity']:g} % of the remaining channel groups"
+        return f"H2SPG (both modes): {s['target_groups']} GeZIG(s) to remove, then channels slimmed ({slim}){tail}"
+    return f"H2SPG: GeZIGs removed down to {budget}{tail}" if budget else \
+        f"H2SPG: {s['target_groups']} GeZIGs to remove{tail}"
+
+
 def write_report(path: Path, table: str, metrics: dict, graphs: list[Path], plot: Path | None, summary: str) -> None:
     s = metrics["settings"]
-    pruning = s.get("mode") == "prune"
+    mode = s.get("mode", "erase")
     deadline = s["warmup_steps"] + s["hybrid_steps"]
-    if pruning:
-        optimizer = s["optimizer"].upper()
+    plan = _plan_text(s, metrics, deadline)
+    if mode == "prune":
         title = "# otov3 demo: DemoSupNet on Fashion-MNIST, pruning mode (channels)"
-        plan = (f"{optimizer} (pruning mode): {100 * s['target_sparsity']:g} % of the {metrics['channel_groups']} "
-                f"channel groups to remove, warm-up {s['warmup_steps']} steps, redundant channel groups zero by step "
-                f"{deadline}.")
         removed = f"Removed channel groups: {removed_text(metrics['removed_per_node_group'])}"
         plot_heading = "## Channel-group norms during training (per node group)"
+    elif mode == "both":
+        title = "# otov3 demo: DemoSupNet on Fashion-MNIST, both modes (operations and channels)"
+        removed = (f"Removed GeZIGs: {', '.join(metrics['removed_gezigs']) or 'none'}; slimmed channel groups: "
+                   f"{removed_text(metrics['removed_per_node_group'])}")
+        plot_heading = "## Group norms during training (GeZIGs, and channel groups per node group)"
     else:
         title = "# otov3 demo: DemoSupNet on Fashion-MNIST"
-        plan = (f"H2SPG: {s['target_groups']} GeZIGs to remove, warm-up {s['warmup_steps']} steps, redundant groups "
-                f"zero by step {deadline}.")
         removed = f"Removed GeZIGs: {', '.join(metrics['removed_groups']) or 'none'}"
         plot_heading = "## GeZIG norms during training"
     lines = [
