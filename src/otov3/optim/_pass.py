@@ -72,10 +72,11 @@ class DirectionPass(FlatPass):
                     continue
                 if g.is_sparse:
                     raise OptimizerError(f"{self.NAME} does not support sparse gradients")
-                if pos in zero_rows:
-                    g.index_fill_(lay.rows[pos].dim, zero_rows[pos], 0)
                 state = self.state[p]
+                zkeep = self._zero_keep(pos) if pos in zero_rows else None  # a pass masks those rows in cache
                 if lay.numel[pos] < _reduce.FUSE_MIN:  # small: foreach (when the flat pack cannot take it)
+                    if zkeep is not None:
+                        g.index_fill_(lay.rows[pos].dim, zero_rows[pos], 0)
                     params.append(p)
                     grads.append(g)
                     states.append(state)
@@ -93,7 +94,8 @@ class DirectionPass(FlatPass):
                         factors = (None if work.a_is_1 else self._view("ma", pos), self._view("m", pos))
                         work.deferred_pos.add(pos)  # scaled here, not after
                     sgd_pass(p, g, buf, lay.pieces(pos), sink, self._scratch(p), momentum=momentum,
-                             dampening=dampening, weight_decay=wd, lr=lr, update_x=not hold, factors=factors)
+                             dampening=dampening, weight_decay=wd, lr=lr, update_x=not hold, factors=factors,
+                             zero_keep=zkeep)
                     if hold:  # d = b, or without momentum d = ∇f + wd·x (∇f stays as it is)
                         work.defer(pos, partial(sgd_finish, p, g if buf is None else buf, lay.pieces(pos), lr=lr,
                                                 x_in_d=wd if buf is None else 0.0))
@@ -114,11 +116,14 @@ class DirectionPass(FlatPass):
                     sigma = adam_pass(p, g, state["exp_avg"], state["exp_avg_sq"], lay.pieces(pos), sink,
                                       self._scratch(p), betas=group["betas"], eps=group["adam_eps"], lr=lr,
                                       weight_decay=wd, decoupled=variant == "adamw", bias1=1 - beta1 ** state["step"],
-                                      bias2_sqrt=math.sqrt(1 - beta2 ** state["step"]), keep=keep, factors=factors)
+                                      bias2_sqrt=math.sqrt(1 - beta2 ** state["step"]), keep=keep, factors=factors,
+                                      zero_keep=zkeep)
                     work.scale[pos] = sigma
                     if keep is not None:
                         work.defer(pos, partial(adam_finish, p, keep, lay.pieces(pos), lr=lr, sigma=sigma))
                 else:
+                    if zkeep is not None:
+                        g.index_fill_(lay.rows[pos].dim, zero_rows[pos], 0)
                     params.append(p)
                     grads.append(g)
                     states.append(state)

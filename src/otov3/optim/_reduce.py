@@ -53,20 +53,24 @@ def _reduce_piece(xc: Tensor, dc: Tensor, p: Piece, scratch: Tensor, sink: Sink)
 def sgd_pass(
     x: Tensor, g: Tensor, b: Tensor | None, pieces: Sequence[Piece], sink: Sink | None,
     scratch: tuple[Tensor, Tensor, Tensor], *, momentum: float, dampening: float, weight_decay: float, lr: float,
-    update_x: bool, factors: tuple[Tensor | None, Tensor] | None = None,
+    update_x: bool, factors: tuple[Tensor | None, Tensor] | None = None, zero_keep: Tensor | None = None,
 ) -> None:
     """One SGD pass over a parameter, chunk by chunk, with the row reductions the groups need.
 
     With momentum ``d = b ← μb + (1−τ)(∇f + wd·x)``; without (``b`` None) ``d = ∇f + wd·x`` is formed in a
     chunk-sized scratch (or is ``∇f`` itself). An owned piece appends its reductions to ``sink`` (when
     given); then, if ``update_x``, ``x ← x − αd``, or with per-row ``factors = (m·a, m)`` already decided,
-    ``x ← m·(a·x − αd)``. The reductions see ``x`` before its update.
+    ``x ← m·(a·x − αd)``. ``zero_keep``: 0/1 per row, 0 on rows of zero groups, whose gradient is dropped in
+    the pass (the gradient of a parameter without momentum is masked in place). The reductions see ``x`` before
+    its update.
     """
     xf, gf = x.view(-1), g.view(-1)
     bf = None if b is None else b.view(-1)
     for p in pieces:
         xc, gc = xf[p.lo:p.hi], gf[p.lo:p.hi]
         if bf is None:
+            if zero_keep is not None:
+                _mask_rows(gc, p, zero_keep)
             dc = gc if weight_decay == 0 else torch.add(gc, xc, alpha=weight_decay, out=scratch[1][: p.hi - p.lo])
         else:
             dc = bf[p.lo:p.hi]
@@ -74,6 +78,8 @@ def sgd_pass(
                 torch.add(gc, dc, alpha=momentum, out=dc)
             else:
                 dc.mul_(momentum).add_(gc, alpha=1 - dampening)
+            if zero_keep is not None:  # rows of zero groups: b and x are 0 there and stay 0
+                _mask_rows(dc, p, zero_keep)
             if weight_decay != 0:
                 dc.add_(xc, alpha=weight_decay * (1 - dampening))
         if sink is not None and p.owned:
@@ -88,7 +94,7 @@ def adam_pass(
     x: Tensor, g: Tensor, m: Tensor, v: Tensor, pieces: Sequence[Piece], sink: Sink | None,
     scratch: tuple[Tensor, Tensor, Tensor], *, betas: tuple[float, float], eps: float, lr: float, weight_decay: float,
     decoupled: bool, bias1: float, bias2_sqrt: float, keep: Tensor | None,
-    factors: tuple[Tensor | None, Tensor] | None = None,
+    factors: tuple[Tensor | None, Tensor] | None = None, zero_keep: Tensor | None = None,
 ) -> float:
     """One Adam/AdamW pass over a parameter, chunk by chunk, with the row reductions (spec §5.1).
 
@@ -109,6 +115,8 @@ def adam_pass(
         xc, gc, mc, vc = xf[lo:hi], gf[lo:hi], mf[lo:hi], vf[lo:hi]
         if weight_decay != 0 and not decoupled:
             gc = torch.add(gc, xc, alpha=weight_decay, out=scratch[1][: hi - lo])
+        if zero_keep is not None:  # rows of zero groups: moments and x are 0 there and stay 0
+            _mask_rows(gc, p, zero_keep)
         mc.lerp_(gc, 1 - beta1)
         vc.mul_(beta2).addcmul_(gc, gc, value=1 - beta2)
         u = scratch[2][: hi - lo] if kf is None else kf[lo:hi]
@@ -126,6 +134,12 @@ def adam_pass(
                 xc.mul_(1 - lr * weight_decay)
             xc.add_(u, alpha=-lr * sigma)
     return sigma
+
+
+def _mask_rows(t: Tensor, p: Piece, keep: Tensor) -> None:
+    """Multiplies the rows of piece ``p`` of ``t`` by their 0/1 ``keep`` (zero groups' rows get no gradient)."""
+    n = 1 if p.partial else p.r1 - p.r0
+    t.view(n, -1).mul_(keep[p.r0:p.r1, None])
 
 
 def _scale_piece(xc: Tensor, dc: Tensor, p: Piece, factors: tuple[Tensor | None, Tensor], step: float) -> None:

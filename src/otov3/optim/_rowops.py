@@ -61,6 +61,22 @@ class RowOps:
             self._views[key] = view
         return view
 
+    def _zero_keep(self, pos: int) -> Tensor:
+        """Parameter ``pos``'s rows as 0/1 (0: a zero group's row), in its dtype; cached per zero list."""
+        zero = self.state[self.RUN_KEY]["zero"]
+        key = ("zkeep", self._loads, len(zero))
+        if key not in self._caches:
+            self._caches = {k: v for k, v in self._caches.items() if k[0] != "zkeep"}
+            lay = self._layout
+            dead = torch.cat((self._mask(zero), torch.zeros(1, dtype=torch.bool)))[lay.row_group]
+            keep = (~dead).to(torch.float64)
+            self._caches[key] = ({(dt, dev): keep.to(dev, dt) for dt, dev in self._row_kinds}, {})
+        bufs, views = self._caches[key]
+        if pos not in views:
+            rows, p = self._layout.rows[pos], self._flat_params[pos]
+            views[pos] = bufs[p.dtype, p.device][rows.offset:rows.offset + rows.n]
+        return views[pos]
+
     def _params_of(self, mask: Tensor) -> list[int]:
         """`RowLayout.params_of`, cached per group mask."""
         key = ("params", hash(mask.numpy().tobytes()))
