@@ -97,3 +97,26 @@ def test_nan_in_a_large_gradient_is_found_and_huge_finite_gradients_pass():
     small.grad[1] = float("-inf")
     with pytest.raises(OptimizerError, match=r"in parameter 'small'"):
         check_gradients([small, big], ["'small'", "'big'"], 0)
+
+
+def test_a_refused_shrink_step_leaves_the_policy_state_as_it_was():
+    from channel_testnets import channel_groups, image_data, make_channel_net, train_images
+
+    from otov3.optim import HESSO
+
+    net = make_channel_net()
+    opt = HESSO(net.parameters(), channel_groups(net), target_group_sparsity=0.5, warmup_steps=4, hybrid_steps=12,
+                periods=3, **SGD_KW)
+    train_images(net, opt, 6)  # step 7 is the period's last shrink step: the active channels become zero
+    run = opt.state["hesso"]
+    active, before = list(run["active"]), [p.detach().clone() for p in net.parameters()]
+    x, y = image_data()
+    opt.zero_grad()
+    nn.functional.cross_entropy(net(x[:32]), y[:32]).backward()
+    w = net.head.weight
+    w.grad = w.grad.to_sparse()  # decided before the pass, refused inside it
+    with pytest.raises(OptimizerError, match="sparse gradients"):
+        opt.step()
+    assert run["active"] == active and run["zero"] == [] and run["step"] == 6
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+
