@@ -65,9 +65,8 @@ class FlatPack:
         self.elem_rows = torch.cat(elem_rows).to(self.device) if elem_rows else self.rows  # element -> global row
         self.buffers: dict[str, Tensor] = {}
         self.views: dict[str, list[Tensor]] = {}
-        self.x = self._new("x")
-        self.g = self._new("g")
-        self.u = self._new("u")
+        for name in ("x", "g", "u"):  # scratch: the gathered parameters, gradients, a direction
+            self._new(name)
         self.prod = torch.empty(3, self.numel, dtype=self.dtype, device=self.device)
         self.zero_key: Any = None
         self.keep: Tensor | None = None  # 0/1 per element: 0 on rows of zero groups (their gradient is dropped)
@@ -157,6 +156,7 @@ class FlatPack:
             x[r:].add_(d[r:], alpha=step)
 
     def views_of(self, flat: Tensor) -> list[Tensor]:
+        """The per-member views of one of this pack's flat buffers."""
         for name, buf in self.buffers.items():
             if buf is flat:
                 return self.views[name]
