@@ -116,7 +116,6 @@ def _amp_all_finite(grads: list[Tensor]) -> bool:
     return not bool(found.item())
 
 
-
 def index_list(where: str, name: str, value: Any, n: int, noun: str) -> list[int]:
     """A list of distinct group indices in ``0..n-1``, or ValueError naming the field."""
     if not isinstance(value, list | tuple):

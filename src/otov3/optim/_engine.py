@@ -223,10 +223,10 @@ class GroupOptimizer(DirectionPass, RowOps, Optimizer):
             raise
         per_group = self._reduce(work, watch, observed, n) if observed is not None else None
         decision = early if observed is None else self._decide(run, n, per_group)
-        if (decision is not None or work.deferred) and early is None:
+        if (decision is not None or work.deferred) and early is None:  # an early decision's are filled already
             self._row_factors(decision, work)
-            if decision is not None and decision.c is not None and work.foreach:  # λ step of foreach-held rows
-                self._scale(work, "pre", decision.c != 0, foreach_only=True)
+        if decision is not None and decision.c is not None and work.foreach:  # λ step of foreach-held rows
+            self._scale(work, "pre", decision.c != 0, foreach_only=True)
         for apply in work.updates:
             apply()
         for finish in work.packs:
