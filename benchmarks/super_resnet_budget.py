@@ -51,8 +51,9 @@ def _run(mode: str, budget: float, k: int | None, x, y, xt, yt, args) -> dict:
     sub_acc, _ = evaluate(subnet, xt, yt)
     report = oto.compression_report(subnet)
     return {"mode": mode, "k": k, "budget": budget, "report": report, "super": super_acc, "sub": sub_acc,
-            "seconds": seconds, "removed": sum(1 for g in oto.zero_groups() if g.is_gezig),
-            "slimmed": sum(1 for g in oto.zero_groups() if not g.is_gezig)}
+            "seconds": seconds, "removed": sum(1 for g in opt.redundant_groups if g.is_gezig),
+            "slimmed": sum(1 for g in opt.redundant_groups if not g.is_gezig)}  # channels inside removed
+    # blocks are zero too, but they go with their block: only the slimmed ones of the kept blocks count
 
 
 def main() -> None:
@@ -64,7 +65,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--both-k", type=int, default=4, help="blocks removed before slimming in both modes")
+    parser.add_argument("--both", default="2.0:2,1.0:4,1.0:2",
+                        help="both-modes rows as BUDGET_M:K (K blocks removed before slimming), comma-separated")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     x, y = load_fashion_mnist(None, split="train")
@@ -74,7 +76,9 @@ def main() -> None:
     x, y = x[idx], y[idx]
     xt, yt = xt[:args.test_samples], yt[:args.test_samples]
     rows = [_run("erase", b, None, x, y, xt, yt, args) for b in (2.0e6, 1.0e6)]
-    rows += [_run("both", b, args.both_k, x, y, xt, yt, args) for b in (2.0e6, 1.0e6)]
+    for item in args.both.split(","):
+        budget, k = item.split(":")
+        rows.append(_run("both", float(budget) * 1e6, int(k), x, y, xt, yt, args))
     print("| search | budget (params) | removed blocks | slimmed channel groups | params | MACs (M) | predicted "
           "params | super top-1 | sub top-1 | train s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
