@@ -174,6 +174,8 @@ def test_both_demo_removes_operations_and_slims_the_rest_in_one_run(fake_data, t
     assert m["params_after"] == m["params_before"] - m["params_saved_by_removal"] - m["params_saved_by_slimming"]
     out = capsys.readouterr().out
     assert "| DemoSupNet OTOv3 sub-network (both modes) |" in out and "slimmed:" in out
+    report = (tmp_path / "report.md").read_text()
+    assert f"Removal saved {m['macs_saved_by_removal'] / 1e6:.1f} M MACs" in report and "slimming" in report
 
 
 @pytest.mark.parametrize("flags, says", [

@@ -108,7 +108,10 @@ def write_report(path: Path, table: str, metrics: dict, graphs: list[Path], plot
     elif mode == "both":
         title = "# otov3 demo: DemoSupNet on Fashion-MNIST, both modes (operations and channels)"
         removed = (f"Removed GeZIGs: {', '.join(metrics['removed_gezigs']) or 'none'}; slimmed channel groups: "
-                   f"{removed_text(metrics['removed_per_node_group'])}")
+                   f"{removed_text(metrics['removed_per_node_group'])}. Removal saved "
+                   f"{metrics['macs_saved_by_removal'] / 1e6:.1f} M MACs and {metrics['params_saved_by_removal']:,} "
+                   f"parameters, slimming {metrics['macs_saved_by_slimming'] / 1e6:.1f} M MACs and "
+                   f"{metrics['params_saved_by_slimming']:,} parameters")
         plot_heading = "## Group norms during training (GeZIGs, and channel groups per node group)"
     else:
         title = "# otov3 demo: DemoSupNet on Fashion-MNIST"
