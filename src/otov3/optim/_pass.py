@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from otov3.errors import OptimizerError
-from otov3.optim import _layout, _reduce
+from otov3.optim import _layout
 from otov3.optim._base import adam_directions, sgd_directions
 from otov3.optim._flat import FlatPack
 from otov3.optim._flatpass import FlatPass
@@ -74,15 +74,6 @@ class DirectionPass(FlatPass):
                     raise OptimizerError(f"{self.NAME} does not support sparse gradients")
                 state = self.state[p]
                 zkeep = self._zero_keep(pos) if pos in zero_rows else None  # a pass masks those rows in cache
-                if lay.numel[pos] < _reduce.FUSE_MIN:  # small: foreach (when the flat pack cannot take it)
-                    if zkeep is not None:
-                        g.index_fill_(lay.rows[pos].dim, zero_rows[pos], 0)
-                    params.append(p)
-                    grads.append(g)
-                    states.append(state)
-                    want.append(pos in watch)
-                    positions.append(pos)
-                    continue
                 rows = lay.rows.get(pos)
                 hold, sink = defer and pos in watch, work.sink if pos in watch else None
                 if variant == "sgd" and fusable(p, g, rows, *((state.get("momentum_buffer"),) if momentum else ())):
@@ -121,7 +112,7 @@ class DirectionPass(FlatPass):
                     work.scale[pos] = sigma
                     if keep is not None:
                         work.defer(pos, partial(adam_finish, p, keep, lay.pieces(pos), lr=lr, sigma=sigma))
-                else:
+                else:  # small (`fusable` says no below FUSE_MIN), or not passable: foreach
                     if zkeep is not None:
                         g.index_fill_(lay.rows[pos].dim, zero_rows[pos], 0)
                     params.append(p)
