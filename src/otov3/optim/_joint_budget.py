@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from otov3.optim import _budget, kernels
 from otov3.optim._budget import BudgetMixin
@@ -19,8 +20,9 @@ from otov3.optim._budget import BudgetMixin
 class JointBudget(BudgetMixin):
     """The both-modes half of the budget logic: eligibility, reachability, the fitting channel prefix."""
 
-    def _eligible(self, removed_gezigs: Sequence[int]) -> tuple[list[int], list[int]]:
-        """Channel groups with scalars outside the removed GeZIGs, and each one's node group (-1: not eligible)."""
+    def _eligible(self, removed_gezigs: Sequence[int]) -> tuple[list[int], list[int], Tensor]:
+        """Channel groups with scalars outside the removed GeZIGs, each one's node group (-1: not eligible), and
+        the ``(A,)`` mask of the atoms outside them."""
         removed = torch.zeros(len(self._gezig_groups) + 1, dtype=torch.bool)
         removed[list(removed_gezigs)] = True
         outside = ~removed[self._atom_gezig] | ~self._gezig_atoms
@@ -31,7 +33,7 @@ class JointBudget(BudgetMixin):
         node_of = [-1] * nc
         for h in eligible:
             node_of[h] = self._channel_groups[h].node_group
-        return eligible, node_of
+        return eligible, node_of, outside
 
     def _check_reachable(self, k: int) -> None:
         """ValueError when even the K largest admissible GeZIGs and every admissible channel group of the rest
@@ -40,7 +42,7 @@ class JointBudget(BudgetMixin):
         weight = [g.numel() if budget.kind == "params" else g.macs for g in self._gezig_groups]
         gezigs = kernels.greedy_select([float(w) for w in weight], [g.macs for g in self._gezig_groups], k,
                                        self._is_gezig_valid).selected if ng else ()
-        eligible, node_of = self._eligible(gezigs)
+        eligible, node_of, _ = self._eligible(gezigs)
         sizes = [float(g.numel() if budget.kind == "params" else g.macs) for g in self._channel_groups]
         channels = kernels.greedy_select(sizes, [g.macs for g in self._channel_groups], None, None,
                                          eligible=eligible, node_of=node_of).selected if eligible else ()

@@ -264,12 +264,9 @@ class JointH2SPG(JointBudget, HalfSpaceOptimizer):
         if len(chosen.selected) < k:
             warnings.warn(f"H2SPG: only {len(chosen.selected)} of K={k} GeZIGs can be removed while the network "
                           "stays valid; training continues with that redundant set", UserWarning, stacklevel=6)
-        removed = torch.zeros(ng + 1, dtype=torch.bool)
-        removed[run["redundant"]] = True
-        outside = ~removed[self._atom_gezig] | ~self._gezig_atoms
+        eligible, node_of, outside = self._eligible(run["redundant"])
         eff = self._sum(per_atom * outside[:, None], self._atom_channel, nc)
         numel = self._sum((self._layout.group_numel * outside)[:, None], self._atom_channel, nc)[:, 0]
-        eligible, node_of = self._eligible(run["redundant"])
         run["channel_targets"] = []
         if eligible:
             e = torch.tensor(eligible)
