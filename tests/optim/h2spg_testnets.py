@@ -106,17 +106,22 @@ def accuracy(net: nn.Module, seed: int = 1) -> float:
         return (net(x).argmax(dim=1) == y).float().mean().item()
 
 
-PATHS = ["foreach+scalar", "chunked+scalar", "foreach+batched", "chunked+batched"]
+PATHS = ["foreach", "chunked", "native"]
 
 
 def use_paths(monkeypatch, paths: str) -> None:
-    """Forces H2SPG's code paths on these tiny networks: cache-blocked SGD chunks (tiny chunks that split
-    rows) or foreach ops. The per-group maths has one batched path now, so "+scalar" and "+batched" run alike."""
+    """Forces the engine's code paths on these tiny networks: the eager cache-blocked passes (tiny chunks that
+    split rows), the fused C kernels (`otov3.optim._native`) over every parameter, or foreach ops."""
     import otov3.optim._layout as layout
+    import otov3.optim._native as native
     import otov3.optim._reduce as reduce
 
-    if paths.startswith("chunked"):
+    if paths in ("chunked", "native"):
         monkeypatch.setattr(reduce, "FUSE_MIN", 1)
         monkeypatch.setattr(layout, "CHUNK", 96)
     else:
         monkeypatch.setattr(reduce, "FUSE_MIN", 1 << 40)
+    if paths == "native":
+        assert native.available(), native.status()
+    else:
+        monkeypatch.setattr(native, "available", lambda: False)

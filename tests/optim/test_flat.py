@@ -19,6 +19,14 @@ from otov3.optim._flat import sqrt_floor
 SGD_KW = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3}
 
 
+@pytest.fixture(autouse=True)
+def eager_engine(monkeypatch):
+    """The flat packs are the eager engine's path for small parameters (the fused kernels step them in place)."""
+    import otov3.optim._native as native
+
+    monkeypatch.setattr(native, "available", lambda: False)
+
+
 def test_small_parameters_state_is_per_parameter_views_that_torch_sgd_loads():
     net = make_net()
     opt = H2SPG(net.parameters(), gezigs_of(net), is_valid, target_group_sparsity=3, warmup_steps=50, **SGD_KW)

@@ -223,7 +223,8 @@ class GroupOptimizer(DirectionPass, RowOps, Optimizer):
             raise
         per_group = self._reduce(work, watch, observed, n) if observed is not None else None
         decision = early if observed is None else self._decide(run, n, per_group)
-        if (decision is not None or work.deferred) and early is None:  # an early decision's are filled already
+        held = work.deferred or work.native_held
+        if (decision is not None or held) and early is None:  # an early decision's are filled already
             self._row_factors(decision, work)
         if decision is not None and decision.c is not None and work.foreach:  # λ step of foreach-held rows
             self._scale(work, "pre", decision.c != 0, foreach_only=True)
@@ -231,6 +232,8 @@ class GroupOptimizer(DirectionPass, RowOps, Optimizer):
             apply()
         for finish in work.packs:
             finish(self._factor_bufs if decision is not None else None, work.a_is_1)
+        if work.native_held:
+            self._native_finish(work)
         for pos, finish in work.deferred:
             m = pos in work.m_params
             finish(a=self._view("ma", pos), m=self._view("m", pos) if m else None)  # m = 1: ma is a

@@ -18,17 +18,18 @@ import torch
 from torch import Tensor
 
 from otov3.errors import OptimizerError
-from otov3.optim import _layout
+from otov3.optim import _layout, _native
 from otov3.optim._base import adam_directions, sgd_directions
 from otov3.optim._flat import FlatPack
 from otov3.optim._flatpass import FlatPass
+from otov3.optim._nativepass import NativePass
 from otov3.optim._reduce import adam_finish, adam_pass, fusable, reduce_rest, sgd_finish, sgd_pass
 
 if TYPE_CHECKING:
     from otov3.optim._engine import Decision
 
 
-class DirectionPass(FlatPass):
+class DirectionPass(NativePass, FlatPass):
     """Mixed into `GroupOptimizer` (uses its `_layout`, `_flat_params`, `state`, `defaults`, `_caches`)."""
 
     def _directions(self, watch: frozenset[int], frozen: frozenset[int], zero_rows: dict[int, Tensor],
@@ -45,6 +46,7 @@ class DirectionPass(FlatPass):
             work.decay_of[first:first + n] = [group["lr"] * group["weight_decay"] if variant == "adamw" else 0.0] * n
             first += n
         hit: frozenset[int] = frozenset()
+        native = _native.available()
         if inline is not None:
             self._row_factors(inline, work, pre=inline.c is not None)
             mask = torch.zeros(lay.n_groups, dtype=torch.bool)
@@ -57,11 +59,16 @@ class DirectionPass(FlatPass):
         for gi, group in enumerate(self.param_groups):
             lr, momentum, dampening, wd = group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
             n = len(group["params"])
-            packs, others = self._packs_of(gi, first)
-            todo = list(others)
-            for pack in packs:
-                if not self._pack_step(pack, group, work, watch, frozen, zero_rows, all_grads):
-                    todo += [(pos, self._flat_params[pos]) for pos in pack.positions]
+            if native and group["params"] and group["params"][0].device.type == "cpu":
+                todo = self._native_group(group, range(first, first + n), work, watch, frozen, all_grads,
+                                          defer=defer, hit=hit)
+                others = ()
+            else:
+                packs, others = self._packs_of(gi, first)
+                todo = list(others)
+                for pack in packs:
+                    if not self._pack_step(pack, group, work, watch, frozen, zero_rows, all_grads):
+                        todo += [(pos, self._flat_params[pos]) for pos in pack.positions]
             first += n
             params, grads, states, want, positions = [], [], [], [], []
             for pos, p in sorted(todo, key=lambda item: item[0]) if len(todo) > len(others) else todo:
@@ -140,7 +147,7 @@ class DirectionPass(FlatPass):
     def _reduce(self, work: StepWork, watch: frozenset[int], observed: Tensor, n: int) -> Tensor:
         """``(G, 6)`` float64 per-group sums of ``‖x‖², ⟨x,d⟩, ‖d‖², (1−α·wd)‖x‖², α‖x‖², α⟨x,d⟩``."""
         lay = self._layout
-        out = torch.zeros(lay.n_rows, 3, dtype=torch.float64)
+        out = work.all_sums(lay)
         if work.sink_rows:
             key = ("sink", tuple(work.sink_rows))
             if key not in self._caches:
@@ -234,6 +241,14 @@ class StepWork:
         self.pack_sums: list[tuple[FlatPack, Tensor]] = []  # (pack, its rows' reductions)
         self.packs: list[Callable[..., None]] = []  # flat updates, applied after the decision
         self.a_is_1 = False  # the row factors have a = 1 everywhere: only "m" was filled
+        self.native_held: list[tuple[int, Tensor, Tensor, float, float]] = []  # (pos, x, source, step, adj)
+        self.sums: Tensor | None = None  # (global rows, 3) float64 row reductions
+
+    def all_sums(self, lay: _layout.RowLayout) -> Tensor:
+        """The step's ``(rows, 3)`` row reductions ``‖x‖², ⟨x,d⟩, ‖d‖²`` (zero where nothing was reduced)."""
+        if self.sums is None:
+            self.sums = torch.zeros(lay.n_rows, 3, dtype=torch.float64)
+        return self.sums
 
     def defer(self, pos: int, finish: Callable[..., None]) -> None:
         self.deferred_pos.add(pos)

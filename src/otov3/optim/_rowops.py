@@ -30,7 +30,8 @@ class RowOps:
         m = ext + 1 if decision is None or decision.m is None else torch.cat((decision.m, ext[:1] + 1))
         m_rows = m[lay.row_group]
         self._fill("m", m_rows)
-        work.a_is_1 = (decision is None or decision.c is None) and not any(work.decay_of) and not work.deferred
+        work.a_is_1 = (decision is None or decision.c is None) and not any(work.decay_of) and not work.deferred \
+            and not work.native_held
         if work.a_is_1:  # x ← m·(x − α d): "ma" would equal "m"; the passes multiply by m after the step
             return
         c = ext if decision is None or decision.c is None else torch.cat((decision.c, ext[:1]))
@@ -63,6 +64,19 @@ class RowOps:
 
     def _zero_keep(self, pos: int) -> Tensor:
         """Parameter ``pos``'s rows as 0/1 (0: a zero group's row), in its dtype; cached per zero list."""
+        bufs, views = self._zero_keep_bufs()
+        if pos not in views:
+            rows, p = self._layout.rows[pos], self._flat_params[pos]
+            views[pos] = bufs[p.dtype, p.device][rows.offset:rows.offset + rows.n]
+        return views[pos]
+
+    def _zero_keep_all(self, kind: tuple[torch.dtype, torch.device]) -> Tensor | None:
+        """Every row as 0/1 (0: a zero group's row) in one dtype and device, or None while no group is zero."""
+        if not self.state[self.RUN_KEY]["zero"]:
+            return None
+        return self._zero_keep_bufs()[0].get(kind)
+
+    def _zero_keep_bufs(self) -> tuple[dict[tuple[torch.dtype, torch.device], Tensor], dict[int, Tensor]]:
         zero = self.state[self.RUN_KEY]["zero"]
         key = ("zkeep", self._loads, len(zero))
         if key not in self._caches:
@@ -71,11 +85,7 @@ class RowOps:
             dead = torch.cat((self._mask(zero), torch.zeros(1, dtype=torch.bool)))[lay.row_group]
             keep = (~dead).to(torch.float64)
             self._caches[key] = ({(dt, dev): keep.to(dev, dt) for dt, dev in self._row_kinds}, {})
-        bufs, views = self._caches[key]
-        if pos not in views:
-            rows, p = self._layout.rows[pos], self._flat_params[pos]
-            views[pos] = bufs[p.dtype, p.device][rows.offset:rows.offset + rows.n]
-        return views[pos]
+        return self._caches[key]
 
     def _params_of(self, mask: Tensor) -> list[int]:
         """`RowLayout.params_of`, cached per group mask."""

@@ -1,0 +1,221 @@
+"""The fused CPU kernels of `native/fused.c`, compiled on first use and called through ctypes.
+
+Eager PyTorch makes one trip through memory per operation, so a step that also needs the per-row reductions
+``‖x‖², ⟨x,d⟩, ‖d‖²`` before the parameter may move costs two to three times torch.optim.SGD. The C kernels do the
+buffer update, the reductions and the update in one pass per parameter (row by row, each row in cache), and the
+deferred row-factor update in a second. They serve contiguous float32/float64 CPU tensors; everything else (GPU,
+half precision) takes the eager passes of `_reduce`, which compute the same values.
+
+The library is built with the system C compiler (``$CC``, else ``cc``) into ``$OTOV3_CACHE_DIR`` (default
+``~/.cache/otov3``), keyed by the sources, the flags and the CPU, in well under a second; without a compiler the
+eager passes are used and `status()` says why. ``OTOV3_NATIVE=0`` turns the kernels off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["FRESH", "HOLD", "PLAIN", "FACTORS", "SUMS", "adam", "available", "finish", "first_nonfinite", "kind_ok",
+           "sgd", "status"]
+
+_LOG = logging.getLogger(__name__)
+_SOURCES = ("fused.c", "rows.h")
+_FLAG_SETS = (["-O3", "-march=native"], ["-O3"])  # -march=native may be refused (cross compilers)
+_COMMON = ["-fno-math-errno", "-ffp-contract=off", "-fopenmp-simd", "-fPIC", "-shared", "-std=c11"]
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+_ABI = 2
+
+# Per-tensor flags of the kernels' meta (see rows.h): reductions wanted, a fresh SGD buffer, and what happens to x.
+SUMS, FRESH = 1, 2
+HOLD, PLAIN, FACTORS = 0, 4, 8
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def status() -> str:
+    """Why the kernels are or are not in use (``"loaded <path>"``, ``"disabled by OTOV3_NATIVE=0"``, …)."""
+    _library()
+    return str(_state["status"])
+
+
+def available() -> bool:
+    """Whether the fused kernels are loaded (compiling them now if they were not built yet)."""
+    return _library() is not None
+
+
+def kind_ok(t: Tensor) -> bool:
+    """Whether the kernels take tensors of ``t``'s kind (a contiguous float32/float64 CPU tensor)."""
+    return t.dtype in _SUFFIX and t.device.type == "cpu" and t.is_contiguous()
+
+
+def _ptrs(tensors: Sequence[Tensor | None]) -> ctypes.Array:
+    return (ctypes.c_void_p * len(tensors))(*[None if t is None else t.data_ptr() for t in tensors])
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _call(name: str, dtype: torch.dtype, *args: object) -> None:
+    code = getattr(_library(), f"otov3_{name}_{_SUFFIX[dtype]}")(*args)
+    if code != 0:
+        raise RuntimeError(f"otov3 fused kernel {name} refused tensor {-1 - code} of its batch (an engine bug)")
+
+
+def sgd(xs: Sequence[Tensor], gs: Sequence[Tensor], bs: Sequence[Tensor] | None, meta: Sequence[int], *,
+        keep: Tensor | None, sums: Tensor | None, fa: Tensor | None, fm: Tensor | None, momentum: float,
+        dampening: float, weight_decay: float, lr: float) -> None:
+    """One SGD pass over tensors of one dtype (`_reduce.sgd_pass` for each, in one call). ``meta`` holds four
+    ints per tensor (rows, width, first global row or -1, flags); ``keep``, ``sums`` (float64, ``(rows, 3)``),
+    ``fa`` = m·a and ``fm`` = m are global per-row arrays, or None."""
+    _call("sgd", xs[0].dtype, len(xs), (ctypes.c_int64 * len(meta))(*meta), _ptrs(xs), _ptrs(gs),
+          None if bs is None else _ptrs(bs), _ptr(keep), _ptr(sums), _ptr(fa), _ptr(fm), momentum, dampening,
+          weight_decay, lr, torch.get_num_threads())
+
+
+def adam(xs: Sequence[Tensor], gs: Sequence[Tensor], ms: Sequence[Tensor], vs: Sequence[Tensor],
+         us: Sequence[Tensor | None], meta: Sequence[int], dmeta: Sequence[float], *, keep: Tensor | None,
+         sums: Tensor | None, fa: Tensor | None, fm: Tensor | None, betas: tuple[float, float],
+         weight_decay: float, decoupled: bool, lr: float) -> None:
+    """One Adam/AdamW pass over tensors of one dtype (`_reduce.adam_pass` for each). ``dmeta`` holds, per tensor,
+    ``eps·sqrt(1−β2^t)``, the exact `sqrt` floor (0: none) and ``−α·σ``; ``us`` receive the directions of the
+    tensors whose update waits (flag `HOLD`)."""
+    _call("adam", xs[0].dtype, len(xs), (ctypes.c_int64 * len(meta))(*meta),
+          (ctypes.c_double * len(dmeta))(*dmeta), _ptrs(xs), _ptrs(gs), _ptrs(ms), _ptrs(vs), _ptrs(us),
+          _ptr(keep), _ptr(sums), _ptr(fa), _ptr(fm), betas[0], betas[1], 0.0 if decoupled else weight_decay,
+          1 - lr * weight_decay if decoupled else 1.0, torch.get_num_threads())
+
+
+def finish(xs: Sequence[Tensor], srcs: Sequence[Tensor], meta: Sequence[int], dmeta: Sequence[float], *,
+           fa: Tensor, fm: Tensor) -> None:
+    """The held updates ``x ← (m·a − adj·m)·x + step·m·src`` row-wise; ``dmeta`` holds ``step, adj`` per tensor."""
+    _call("finish", xs[0].dtype, len(xs), (ctypes.c_int64 * len(meta))(*meta),
+          (ctypes.c_double * len(dmeta))(*dmeta), _ptrs(xs), _ptrs(srcs), fa.data_ptr(), fm.data_ptr(),
+          torch.get_num_threads())
+
+
+def first_nonfinite(tensors: Sequence[Tensor]) -> int:
+    """The index of the first tensor (all of one kind, `kind_ok`) holding a NaN or Inf, or -1."""
+    fn = getattr(_library(), f"otov3_first_nonfinite_{_SUFFIX[tensors[0].dtype]}")
+    return int(fn(len(tensors), _ptrs(tensors), (ctypes.c_int64 * len(tensors))(*[t.numel() for t in tensors])))
+
+
+# ------------------------------------------------------------------------------------------------ the build
+def _library() -> ctypes.CDLL | None:
+    lib = _state.get("lib", False)
+    if lib is not False:
+        return lib  # type: ignore[return-value]
+    with _lock:
+        if "lib" not in _state:
+            _state["lib"], _state["status"] = _load()
+            _LOG.info("otov3 fused optimizer kernels: %s", _state["status"])
+    return _state["lib"]  # type: ignore[return-value]
+
+
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    if os.environ.get("OTOV3_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None, "disabled by OTOV3_NATIVE=0; the eager passes are used"
+    if sys.platform == "win32":
+        return None, "not built on Windows; the eager passes are used"
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not compiler:
+        return None, "no C compiler (set CC or install gcc); the eager passes are used"
+    src = Path(__file__).with_name("native")
+    try:
+        text = b"".join((src / name).read_bytes() for name in _SOURCES)
+    except OSError as exc:
+        return None, f"kernel sources missing ({exc}); the eager passes are used"
+    errors = []
+    for flags in _FLAG_SETS:
+        key = hashlib.sha256(text + repr((flags, _COMMON, compiler, platform.machine(), _cpu_id())).encode())
+        target = _cache_dir() / f"otov3_fused_{key.hexdigest()[:16]}.so"
+        if not target.exists():
+            error = _compile(compiler, flags, src, target)
+            if error:
+                errors.append(error)
+                continue
+        try:
+            lib = ctypes.CDLL(str(target))
+            _declare(lib)
+            if lib.otov3_abi_version() != _ABI:
+                raise OSError("ABI version mismatch")
+        except (OSError, AttributeError) as exc:
+            errors.append(f"{target}: {exc}")
+            continue
+        return lib, f"loaded {target}"
+    return None, "could not build the kernels (" + "; ".join(errors)[-500:] + "); the eager passes are used"
+
+
+def _compile(compiler: str, flags: list[str], src: Path, target: Path) -> str | None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    cmd = [compiler, *flags, *_COMMON, "-I", str(src), "-o", tmp, str(src / "fused.c"), "-lpthread", "-lm"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            return f"{' '.join(cmd[:2])}: {done.stderr.strip()[-300:]}"
+        os.replace(tmp, target)  # atomic: concurrent processes (DDP ranks) never load a half-written file
+        return None
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{compiler}: {exc}"
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _cache_dir() -> Path:
+    given = os.environ.get("OTOV3_CACHE_DIR")
+    if given:
+        return Path(given)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = Path(base) / "otov3"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if os.access(path, os.W_OK):
+            return path
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir()) / f"otov3-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+
+
+def _cpu_id() -> str:
+    """What -march=native depends on: the CPU's model and feature flags (a shared cache across machines)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    keep = [ln for ln in lines if ln.startswith(("model name", "flags", "Features", "CPU part"))]
+    return "\n".join(sorted(set(keep)))
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    i64, ptr, dbl = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
+    for suffix in _SUFFIX.values():
+        sgd = getattr(lib, f"otov3_sgd_{suffix}")
+        sgd.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, dbl, dbl, dbl, dbl, i64]
+        adam = getattr(lib, f"otov3_adam_{suffix}")
+        adam.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, dbl, dbl, dbl, dbl, i64]
+        fin = getattr(lib, f"otov3_finish_{suffix}")
+        fin.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr, i64]
+        check = getattr(lib, f"otov3_first_nonfinite_{suffix}")
+        check.argtypes = [i64, ptr, ptr]
+        for fn in (sgd, adam, fin, check):
+            fn.restype = i64
+    lib.otov3_abi_version.restype = ctypes.c_int64
+    lib.otov3_abi_version.argtypes = []
