@@ -95,6 +95,7 @@ class GroupOptimizer(DirectionPass, RowOps, Optimizer):
         self._labels = [f"{n!r}" + (f" of {self.NOUN} {self._layout.owner[i]!r}" if i in self._layout.owner else "")
                         for i, n in enumerate(self._param_names)]
         self._u_buffers: dict[int, Tensor] = {}
+        self._native_checked: dict[int, tuple[Tensor, ...]] = {}  # buffers the C kernels may take
         self._scratch_buffers: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor, Tensor]] = {}
         self._caches: dict[Any, Any] = {}
         self._factor_bufs: dict[str, dict[tuple[torch.dtype, torch.device], Tensor]] = {}
@@ -216,13 +217,15 @@ class GroupOptimizer(DirectionPass, RowOps, Optimizer):
         if observed is None:  # the decision needs no reductions: take it first, so the passes apply it inline
             early = self._decide(run, n, None)
         try:
-            work = self._directions(watch, frozen, zero_rows, grads, defer=defer, inline=early)
+            work = self._directions(watch, frozen, zero_rows, grads, defer=defer, inline=early, observed=observed)
         except BaseException:
             run.clear()
             run.update(snapshot)  # all or nothing: the policy's choice of this step is undone too
             raise
         per_group = self._reduce(work, watch, observed, n) if observed is not None else None
         decision = early if observed is None else self._decide(run, n, per_group)
+        if work.held_rows is not None and decision is not None:
+            self._check_held(decision, observed)
         held = work.deferred or work.native_held
         if (decision is not None or held) and early is None:  # an early decision's are filled already
             self._row_factors(decision, work)
@@ -248,6 +251,18 @@ class GroupOptimizer(DirectionPass, RowOps, Optimizer):
             self._fill_zero(zero_rows, now_frozen - frozen)
         self._u_buffers = work.u_buffers
         run["step"] = n
+
+    def _check_held(self, decision: Decision, observed: Tensor) -> None:
+        """Only the rows of the observed groups waited for the decision (the others took the plain step), so a
+        decision must leave every other group alone; a policy that does not is a bug, never a silent error."""
+        touched = torch.zeros_like(observed)
+        if decision.m is not None:
+            touched |= decision.m != 1
+        if decision.c is not None:
+            touched |= decision.c != 0
+        if bool((touched & ~observed).any()):
+            raise OptimizerError(f"{self.NAME} decided on groups it did not observe this step (an otov3 bug); "
+                                 "please report it with the model and settings")
 
     def _zero_rows(self, zero: list[int]) -> tuple[dict[int, Tensor], frozenset[int]]:
         """Per parameter, the rows in zero groups; and the parameters made entirely of zero groups."""

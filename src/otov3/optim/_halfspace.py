@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from otov3.optim import _checks, kernels
+from otov3.optim import _checks, _native, kernels
 from otov3.optim._engine import Decision, GroupOptimizer, variant_default
 
 
@@ -69,8 +69,16 @@ class HalfSpaceOptimizer(GroupOptimizer):
         the highest ``priority`` first."""
         cfg = self.defaults
         post = self._forcing(n)
-        project, c = decide(per_group, targets, lam=cfg["lam"], eta=cfg["eta"], kappa=cfg["kappa"],
-                            epsilon=cfg["epsilon"], force=post == 0.0)
+        options = {"lam": cfg["lam"], "eta": cfg["eta"], "kappa": cfg["kappa"], "epsilon": cfg["epsilon"],
+                   "force": post == 0.0}
+        if _native.available():  # one call instead of ~40 small tensor ops (the same operations in the same order)
+            project, c, m, count = _native.halfspace(per_group, targets, post=post, **options)
+            if room is None or count <= room:
+                zeroed = project.nonzero().flatten().tolist() if count else []
+                if post == 0.0:
+                    run["forced"].extend(zeroed)
+                return Decision(c=c, m=m, zeroed=zeroed)
+        project, c = decide(per_group, targets, **options)
         if room is not None and int(project.sum()) > room:
             hit = project.nonzero().flatten()
             order = torch.argsort(-priority[hit], stable=True)

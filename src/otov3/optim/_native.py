@@ -29,15 +29,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["FRESH", "HOLD", "PLAIN", "FACTORS", "SUMS", "adam", "available", "finish", "first_nonfinite", "kind_ok",
-           "sgd", "status"]
+__all__ = ["FRESH", "HOLD", "PLAIN", "FACTORS", "SUMS", "adam", "available", "finish", "first_nonfinite", "group_sums",
+           "halfspace", "kind_ok", "row_factors", "sgd", "status"]
 
 _LOG = logging.getLogger(__name__)
 _SOURCES = ("fused.c", "rows.h")
 _FLAG_SETS = (["-O3", "-march=native"], ["-O3"])  # -march=native may be refused (cross compilers)
 _COMMON = ["-fno-math-errno", "-ffp-contract=off", "-fopenmp-simd", "-fPIC", "-shared", "-std=c11"]
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
-_ABI = 2
+_ABI = 4
 
 # Per-tensor flags of the kernels' meta (see rows.h): reductions wanted, a fresh SGD buffer, and what happens to x.
 SUMS, FRESH = 1, 2
@@ -78,35 +78,68 @@ def _call(name: str, dtype: torch.dtype, *args: object) -> None:
 
 
 def sgd(xs: Sequence[Tensor], gs: Sequence[Tensor], bs: Sequence[Tensor] | None, meta: Sequence[int], *,
-        keep: Tensor | None, sums: Tensor | None, fa: Tensor | None, fm: Tensor | None, momentum: float,
-        dampening: float, weight_decay: float, lr: float) -> None:
+        keep: Tensor | None, sums: Tensor | None, fa: Tensor | None, fm: Tensor | None, held: Tensor | None,
+        momentum: float, dampening: float, weight_decay: float, lr: float) -> None:
     """One SGD pass over tensors of one dtype (`_reduce.sgd_pass` for each, in one call). ``meta`` holds four
     ints per tensor (rows, width, first global row or -1, flags); ``keep``, ``sums`` (float64, ``(rows, 3)``),
-    ``fa`` = m·a and ``fm`` = m are global per-row arrays, or None."""
+    ``fa`` = m·a and ``fm`` = m are global per-row arrays, or None; ``held`` (uint8 per global row, or None:
+    all) the rows of the `HOLD` tensors that wait, the others take the plain step now."""
     _call("sgd", xs[0].dtype, len(xs), (ctypes.c_int64 * len(meta))(*meta), _ptrs(xs), _ptrs(gs),
-          None if bs is None else _ptrs(bs), _ptr(keep), _ptr(sums), _ptr(fa), _ptr(fm), momentum, dampening,
-          weight_decay, lr, torch.get_num_threads())
+          None if bs is None else _ptrs(bs), _ptr(keep), _ptr(sums), _ptr(fa), _ptr(fm), _ptr(held), momentum,
+          dampening, weight_decay, lr, torch.get_num_threads())
 
 
 def adam(xs: Sequence[Tensor], gs: Sequence[Tensor], ms: Sequence[Tensor], vs: Sequence[Tensor],
          us: Sequence[Tensor | None], meta: Sequence[int], dmeta: Sequence[float], *, keep: Tensor | None,
-         sums: Tensor | None, fa: Tensor | None, fm: Tensor | None, betas: tuple[float, float],
-         weight_decay: float, decoupled: bool, lr: float) -> None:
+         sums: Tensor | None, fa: Tensor | None, fm: Tensor | None, held: Tensor | None,
+         betas: tuple[float, float], weight_decay: float, decoupled: bool, lr: float) -> None:
     """One Adam/AdamW pass over tensors of one dtype (`_reduce.adam_pass` for each). ``dmeta`` holds, per tensor,
     ``eps·sqrt(1−β2^t)``, the exact `sqrt` floor (0: none) and ``−α·σ``; ``us`` receive the directions of the
     tensors whose update waits (flag `HOLD`)."""
     _call("adam", xs[0].dtype, len(xs), (ctypes.c_int64 * len(meta))(*meta),
           (ctypes.c_double * len(dmeta))(*dmeta), _ptrs(xs), _ptrs(gs), _ptrs(ms), _ptrs(vs), _ptrs(us),
-          _ptr(keep), _ptr(sums), _ptr(fa), _ptr(fm), betas[0], betas[1], 0.0 if decoupled else weight_decay,
+          _ptr(keep), _ptr(sums), _ptr(fa), _ptr(fm), _ptr(held), betas[0], betas[1],
+          0.0 if decoupled else weight_decay,
           1 - lr * weight_decay if decoupled else 1.0, torch.get_num_threads())
 
 
 def finish(xs: Sequence[Tensor], srcs: Sequence[Tensor], meta: Sequence[int], dmeta: Sequence[float], *,
-           fa: Tensor, fm: Tensor) -> None:
-    """The held updates ``x ← (m·a − adj·m)·x + step·m·src`` row-wise; ``dmeta`` holds ``step, adj`` per tensor."""
+           fa: Tensor, fm: Tensor, held: Tensor | None) -> None:
+    """The held updates ``x ← (m·a − adj·m)·x + step·m·src`` row-wise (the ``held`` rows only, when given);
+    ``dmeta`` holds ``step, adj`` per tensor."""
     _call("finish", xs[0].dtype, len(xs), (ctypes.c_int64 * len(meta))(*meta),
-          (ctypes.c_double * len(dmeta))(*dmeta), _ptrs(xs), _ptrs(srcs), fa.data_ptr(), fm.data_ptr(),
+          (ctypes.c_double * len(dmeta))(*dmeta), _ptrs(xs), _ptrs(srcs), fa.data_ptr(), fm.data_ptr(), _ptr(held),
           torch.get_num_threads())
+
+
+def halfspace(per_group: Tensor, targets: Tensor, *, lam: float, eta: float, kappa: float, epsilon: float,
+              force: bool, post: float) -> tuple[Tensor, Tensor, Tensor, int]:
+    """`_halfspace.decide` and the row multipliers of `HalfSpaceOptimizer._halfspace` in one call: returns
+    ``(project, c, m, number projected)`` (``c`` and ``m`` already 0 on the projected groups)."""
+    n = targets.numel()
+    pg = per_group.contiguous()
+    flags = targets.contiguous()
+    c, m = torch.empty(n, dtype=torch.float64), torch.empty(n, dtype=torch.float64)
+    project = torch.empty(n, dtype=torch.bool)
+    count = _library().otov3_halfspace(n, pg.data_ptr(), flags.data_ptr(), lam, eta, kappa, epsilon, int(force),
+                                       post, c.data_ptr(), m.data_ptr(), project.data_ptr())
+    return project, c, m, int(count)
+
+
+def row_factors(row_group: Tensor, n_groups: int, c: Tensor | None, m: Tensor | None, alpha: Tensor, keep: Tensor,
+                out_m: Tensor, out_ma: Tensor | None) -> None:
+    """`RowOps._row_factors` for one CPU float buffer pair: ``out_m`` = m per row, ``out_ma`` = m·(keep − α·c)."""
+    _call("row_factors", out_m.dtype, row_group.numel(), row_group.data_ptr(), n_groups, _ptr(c), _ptr(m),
+          alpha.data_ptr(), keep.data_ptr(), out_m.data_ptr(), _ptr(out_ma))
+
+
+def group_sums(row_group: Tensor, sums: Tensor, n_groups: int, factors: Sequence[float]) -> Tensor | None:
+    """``(G, 6)`` per-group sums of the ``(rows, 3)`` float64 row reductions times ``factors`` over the columns
+    ``‖x‖², ⟨x,d⟩, ‖d‖², ‖x‖², ‖x‖², ⟨x,d⟩``; None when a row sum is NaN or Inf."""
+    out = torch.empty(n_groups, 6, dtype=torch.float64)
+    bad = _library().otov3_group_sums(row_group.numel(), row_group.data_ptr(), sums.data_ptr(), n_groups,
+                                      (ctypes.c_double * 6)(*factors), out.data_ptr())
+    return None if bad else out
 
 
 def first_nonfinite(tensors: Sequence[Tensor]) -> int:
@@ -208,14 +241,20 @@ def _declare(lib: ctypes.CDLL) -> None:
     i64, ptr, dbl = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
     for suffix in _SUFFIX.values():
         sgd = getattr(lib, f"otov3_sgd_{suffix}")
-        sgd.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, dbl, dbl, dbl, dbl, i64]
+        sgd.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, dbl, dbl, dbl, dbl, i64]
         adam = getattr(lib, f"otov3_adam_{suffix}")
-        adam.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, dbl, dbl, dbl, dbl, i64]
+        adam.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, dbl, dbl, dbl, dbl, i64]
         fin = getattr(lib, f"otov3_finish_{suffix}")
-        fin.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr, i64]
+        fin.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64]
         check = getattr(lib, f"otov3_first_nonfinite_{suffix}")
         check.argtypes = [i64, ptr, ptr]
-        for fn in (sgd, adam, fin, check):
+        factors = getattr(lib, f"otov3_row_factors_{suffix}")
+        factors.argtypes = [i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr]
+        for fn in (sgd, adam, fin, check, factors):
             fn.restype = i64
+    lib.otov3_halfspace.argtypes = [i64, ptr, ptr, dbl, dbl, dbl, dbl, i64, dbl, ptr, ptr, ptr]
+    lib.otov3_halfspace.restype = i64
+    lib.otov3_group_sums.argtypes = [i64, ptr, ptr, i64, ptr, ptr]
+    lib.otov3_group_sums.restype = i64
     lib.otov3_abi_version.restype = ctypes.c_int64
     lib.otov3_abi_version.argtypes = []

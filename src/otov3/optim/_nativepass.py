@@ -15,6 +15,8 @@ from torch import Tensor
 from otov3.optim import _native
 from otov3.optim._flat import sqrt_floor
 
+_KINDS = (torch.float32, torch.float64)
+
 if TYPE_CHECKING:
     from otov3.optim._pass import StepWork
 
@@ -29,38 +31,43 @@ class NativePass:
         ``(position, parameter)``. ``hit``: parameters whose rows take an early decision's factors in the pass."""
         sgd = self.defaults["variant"] == "sgd"
         momentum = group["momentum"] if sgd else 0.0
-        lay, params, state = self._layout, self._flat_params, self.state
+        state, checked = self.state, self._native_checked
+        members, others = self._native_members(positions)
+        others = list(others)
         batches: dict[torch.dtype, _Batch] = {}
-        others = []
-        for pos in positions:
-            p, g = params[pos], grads[pos]
-            if g is None or pos in frozen or g.is_sparse or g.dtype != p.dtype or not _native.kind_ok(p) or \
-                    not g.is_contiguous() or not p.numel():
-                others.append((pos, p))
-                continue
-            rows = lay.rows.get(pos)
-            if rows is not None and rows.dim not in (None, 0):
+        for pos, p, rows, width, row0 in members:
+            g = grads[pos]
+            if g is None or pos in frozen or g.is_sparse or not (p.is_cpu and p.dtype in _KINDS and p.is_contiguous()
+                                                                 and g.is_contiguous() and p.numel() == rows * width):
                 others.append((pos, p))
                 continue
             st = state[p]
-            flags = _native.SUMS if pos in watch else 0
-            hold = defer and pos in watch
-            flags |= _native.HOLD if hold else _native.FACTORS if pos in hit else _native.PLAIN
             if sgd:
                 bufs = (st.get("momentum_buffer"),) if momentum else ()
+            elif "exp_avg" in st:
+                bufs = (st["exp_avg"], st.get("exp_avg_sq"))
+            elif self.defaults["official_adam_init"]:
+                others.append((pos, p))  # the official first step sets the moments without moving
+                continue
             else:
-                if "exp_avg" not in st and self.defaults["official_adam_init"]:
-                    others.append((pos, p))  # the official first step sets the moments without moving
-                    continue
-                bufs = (st.get("exp_avg"), st.get("exp_avg_sq"))
-            if any(b is not None and (b.dtype != p.dtype or not b.is_contiguous() or b.shape != p.shape)
-                   for b in bufs):
+                bufs = (None, None)
+            if bufs and bufs[0] is not None and checked.get(pos) != bufs and not self._buffers_fit(pos, p, bufs):
                 others.append((pos, p))
                 continue
+            hold = defer and pos in watch
+            flags = (_native.SUMS if pos in watch else 0) | (
+                _native.HOLD if hold else _native.FACTORS if pos in hit else _native.PLAIN)
             batch = batches.get(p.dtype)
             if batch is None:
                 batch = batches[p.dtype] = _Batch()
-            batch.add(pos, p, g, rows, flags)
+            batch.positions.append(pos)
+            batch.xs.append(p)
+            batch.gs.append(g)
+            batch.meta += (rows, width, row0, flags)
+            batch.sums |= pos in watch
+            if flags & _native.PLAIN == 0:
+                batch.settled.append(pos)
+                batch.factors |= not hold
             if sgd:
                 if momentum:
                     b = bufs[0]
@@ -76,6 +83,31 @@ class NativePass:
         for dtype, batch in batches.items():
             self._run_batch(dtype, batch, group, work, sgd=sgd, momentum=momentum)
         return others
+
+    def _native_members(self, positions: range) -> tuple[list[tuple[int, Tensor, int, int, int]],
+                                                         list[tuple[int, Tensor]]]:
+        """The parameters at ``positions`` whose layout the kernels take, as ``(position, parameter, rows, width,
+        first global row or -1)``, and the others (rows along dim ≥ 1, empty); cached."""
+        key = ("native", positions.start, positions.stop)
+        if key not in self._caches:
+            lay, members, others = self._layout, [], []
+            for pos in positions:
+                p, rows = self._flat_params[pos], self._layout.rows.get(pos)
+                if (rows is not None and rows.dim not in (None, 0)) or not p.numel():
+                    others.append((pos, p))
+                    continue
+                n = 1 if rows is None else rows.n
+                members.append((pos, p, n, lay.numel[pos] // n, -1 if rows is None else rows.offset))
+            self._caches[key] = (members, others)
+        return self._caches[key]
+
+    def _buffers_fit(self, pos: int, p: Tensor, bufs: tuple[Tensor | None, ...]) -> bool:
+        """Whether the optimizer buffers of ``p`` are laid out like it (checked once per buffer object)."""
+        if any(b is None or b.dtype != p.dtype or b.shape != p.shape or not b.is_contiguous() or not b.is_cpu
+               for b in bufs):
+            return False
+        self._native_checked[pos] = bufs
+        return True
 
     def _adam_member(self, st: dict[str, Any], p: Tensor, pos: int, group: dict[str, Any], batch: _Batch,
                      work: StepWork, hold: bool) -> None:
@@ -108,13 +140,13 @@ class NativePass:
         factors = self._factor_bufs if batch.factors else {}
         fa = None if work.a_is_1 or "ma" not in factors else factors["ma"].get(kind)
         fm = factors["m"].get(kind) if "m" in factors else None
+        rows = {"keep": keep, "sums": sums, "fa": fa, "fm": fm, "held": work.held_rows}
         if sgd:
-            _native.sgd(batch.xs, batch.gs, batch.bs if momentum else None, batch.meta, keep=keep, sums=sums, fa=fa,
-                        fm=fm, momentum=momentum, dampening=group["dampening"], weight_decay=group["weight_decay"],
-                        lr=group["lr"])
+            _native.sgd(batch.xs, batch.gs, batch.bs if momentum else None, batch.meta, **rows, momentum=momentum,
+                        dampening=group["dampening"], weight_decay=group["weight_decay"], lr=group["lr"])
         else:
-            _native.adam(batch.xs, batch.gs, batch.ms, batch.vs, batch.us, batch.meta, batch.dmeta, keep=keep,
-                         sums=sums, fa=fa, fm=fm, betas=tuple(group["betas"]), weight_decay=group["weight_decay"],
+            _native.adam(batch.xs, batch.gs, batch.ms, batch.vs, batch.us, batch.meta, batch.dmeta, **rows,
+                         betas=tuple(group["betas"]), weight_decay=group["weight_decay"],
                          decoupled=self.defaults["variant"] == "adamw", lr=group["lr"])
         work.deferred_pos.update(batch.settled)  # their row factors are applied in a kernel, not by `_scale`
 
@@ -131,7 +163,8 @@ class NativePass:
             dmeta += (step, adj)
         for dtype, (xs, srcs, meta, dmeta) in by_kind.items():
             kind = (dtype, torch.device("cpu"))
-            _native.finish(xs, srcs, meta, dmeta, fa=self._factor_bufs["ma"][kind], fm=self._factor_bufs["m"][kind])
+            _native.finish(xs, srcs, meta, dmeta, fa=self._factor_bufs["ma"][kind], fm=self._factor_bufs["m"][kind],
+                           held=work.held_rows)
 
 
 class _Batch:
@@ -149,14 +182,3 @@ class _Batch:
         self.dmeta: list[float] = []
         self.settled: list[int] = []  # positions held for `_native_finish` or scaled in the pass
         self.sums = self.factors = False
-
-    def add(self, pos: int, p: Tensor, g: Tensor, rows: Any, flags: int) -> None:
-        self.positions.append(pos)
-        self.xs.append(p)
-        self.gs.append(g)
-        n = 1 if rows is None else rows.n
-        self.meta += (n, p.numel() // n, -1 if rows is None else rows.offset, flags)
-        self.sums |= bool(flags & _native.SUMS)
-        self.factors |= bool(flags & _native.FACTORS)
-        if not flags & _native.PLAIN:
-            self.settled.append(pos)

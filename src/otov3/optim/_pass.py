@@ -29,16 +29,23 @@ if TYPE_CHECKING:
     from otov3.optim._engine import Decision
 
 
+# The per-group columns ‖x‖², ⟨x,d⟩, ‖d‖², ‖x‖², ‖x‖², ⟨x,d⟩ that `_reduce` scales into its six sums.
+_COLUMNS = torch.tensor([0, 1, 2, 0, 0, 1])
+
+
 class DirectionPass(NativePass, FlatPass):
     """Mixed into `GroupOptimizer` (uses its `_layout`, `_flat_params`, `state`, `defaults`, `_caches`)."""
 
     def _directions(self, watch: frozenset[int], frozen: frozenset[int], zero_rows: dict[int, Tensor],
-                    all_grads: list[Tensor | None], *, defer: bool, inline: Decision | None = None) -> StepWork:
+                    all_grads: list[Tensor | None], *, defer: bool, inline: Decision | None = None,
+                    observed: Tensor | None = None) -> StepWork:
         """Base directions of every param group (spec §5.1); foreach and flat updates are returned, not yet
         applied. ``zero_rows`` (rows of zero groups per parameter) get no gradient, so they stay exactly zero.
         ``inline``: a decision taken before the pass; the cache-blocked passes apply its row factors in place."""
         variant, lay = self.defaults["variant"], self._layout
         work = StepWork(len(self._flat_params))
+        if defer and observed is not None:  # rows of other groups in a held parameter need not wait
+            work.held_rows = self._held_rows(observed)
         first = 0
         for group in self.param_groups:
             n = len(group["params"])
@@ -165,9 +172,16 @@ class DirectionPass(NativePass, FlatPass):
                 out.index_add_(0, pack.rows, sums.to(out.device, torch.float64))
         if work.rest:
             reduce_rest(out, [(lay.rows[pos], x, d) for pos, x, d in work.rest], self._caches)
+        one_sigma = len(set(work.scale)) == 1
+        sgd = self.defaults["variant"] == "sgd"
+        if _native.available() and len(set(work.lr_of)) == 1 and len(set(work.decay_of)) == 1 and (sgd or one_sigma):
+            sigma, lr, keep = 1.0 if sgd else work.scale[0], work.lr_of[0], 1 - work.decay_of[0]
+            sums = _native.group_sums(lay.row_group, out, lay.n_groups,
+                                      (1.0, sigma, sigma * sigma, keep, lr, lr * sigma))
+            if sums is not None:  # else a row is NaN/Inf: refused below
+                return sums
         if not math.isfinite(float(out.sum())):
             self._refuse(out, observed, n)
-        one_sigma = len(set(work.scale)) == 1
         if self.defaults["variant"] != "sgd" and not one_sigma:  # d = σ·u, u reduced; σ per parameter
             sigma = torch.tensor(work.scale, dtype=torch.float64)[lay.row_param]
             out[:, 1] *= sigma
@@ -177,7 +191,7 @@ class DirectionPass(NativePass, FlatPass):
             sigma = work.scale[0] if self.defaults["variant"] != "sgd" and one_sigma else 1.0
             lr, keep = work.lr_of[0], 1 - work.decay_of[0]
             factors = torch.tensor([1.0, sigma, sigma * sigma, keep, lr, lr * sigma], dtype=torch.float64)
-            return sums[:, [0, 1, 2, 0, 0, 1]] * factors
+            return torch.index_select(sums, 1, _COLUMNS).mul_(factors)
         if self.defaults["variant"] != "sgd" and one_sigma:
             out[:, 1] *= work.scale[0]
             out[:, 2] *= work.scale[0] ** 2
@@ -243,6 +257,7 @@ class StepWork:
         self.a_is_1 = False  # the row factors have a = 1 everywhere: only "m" was filled
         self.native_held: list[tuple[int, Tensor, Tensor, float, float]] = []  # (pos, x, source, step, adj)
         self.sums: Tensor | None = None  # (global rows, 3) float64 row reductions
+        self.held_rows: Tensor | None = None  # uint8 per global row: the rows whose update waits (C kernels)
 
     def all_sums(self, lay: _layout.RowLayout) -> Tensor:
         """The step's ``(rows, 3)`` row reductions ``‖x‖², ⟨x,d⟩, ‖d‖²`` (zero where nothing was reduced)."""

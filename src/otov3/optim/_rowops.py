@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from otov3.optim import _native
+
 if TYPE_CHECKING:
     from otov3.optim._engine import Decision
     from otov3.optim._pass import StepWork
@@ -26,30 +28,43 @@ class RowOps:
         ``1 − α c_g/(1 − α·wd)`` (when foreach-held rows need it), written into persistent per-dtype buffers
         whose per-parameter views are cached (`_view`)."""
         lay = self._layout
-        ext = torch.zeros(lay.n_groups + 1, dtype=torch.float64)
-        m = ext + 1 if decision is None or decision.m is None else torch.cat((decision.m, ext[:1] + 1))
-        m_rows = m[lay.row_group]
-        self._fill("m", m_rows)
         work.a_is_1 = (decision is None or decision.c is None) and not any(work.decay_of) and not work.deferred \
-            and not work.native_held
-        if work.a_is_1:  # x ← m·(x − α d): "ma" would equal "m"; the passes multiply by m after the step
-            return
-        c = ext if decision is None or decision.c is None else torch.cat((decision.c, ext[:1]))
-        alpha, keep = self._rows_of(work.lr_of, work.decay_of)
-        c_rows = c[lay.row_group]
-        a_rows = keep - alpha * c_rows
-        self._fill("ma", m_rows * a_rows)
-        if decision is not None and decision.c is not None and (work.foreach or pre):  # for foreach-held rows
-            self._fill("pre", 1 - alpha * c_rows / keep)
-        if decision is not None and decision.m is not None and work.deferred:
-            work.m_params = frozenset(self._params_of(decision.m != 1))
+            and not work.native_held  # x ← m·(x − α d): "ma" would equal "m"; the passes multiply by m after the step
+        c = None if decision is None else decision.c
+        m = None if decision is None else decision.m
+        if _native.available() and self._native_kinds and not (c is not None and (work.foreach or pre)):
+            alpha, keep = self._rows_of(work.lr_of, work.decay_of)
+            c64, m64 = (None if t is None else t.to(torch.float64).contiguous() for t in (c, m))
+            for kind in self._row_kinds:  # one call per kind instead of a dozen small tensor ops
+                _native.row_factors(lay.row_group, lay.n_groups, c64, m64, alpha, keep, self._factor_buf("m", kind),
+                                    None if work.a_is_1 else self._factor_buf("ma", kind))
+        else:
+            ext = torch.zeros(lay.n_groups + 1, dtype=torch.float64)
+            m_rows = (ext + 1 if m is None else torch.cat((m, ext[:1] + 1)))[lay.row_group]
+            self._fill("m", m_rows)
+            if not work.a_is_1:
+                alpha, keep = self._rows_of(work.lr_of, work.decay_of)
+                c_rows = (ext if c is None else torch.cat((c, ext[:1])))[lay.row_group]
+                self._fill("ma", m_rows * (keep - alpha * c_rows))
+                if c is not None and (work.foreach or pre):  # for foreach-held rows
+                    self._fill("pre", 1 - alpha * c_rows / keep)
+        if m is not None and work.deferred:
+            work.m_params = frozenset(self._params_of(m != 1))
+
+    @property
+    def _native_kinds(self) -> bool:
+        """Whether every kind of row factor buffer is one the C kernels write (float32/float64 on the CPU)."""
+        return all(dev.type == "cpu" and dt in (torch.float32, torch.float64) for dt, dev in self._row_kinds)
+
+    def _factor_buf(self, name: str, kind: tuple[torch.dtype, torch.device]) -> Tensor:
+        bufs = self._factor_bufs.setdefault(name, {})
+        if kind not in bufs:
+            bufs[kind] = torch.empty(self._layout.n_rows, dtype=kind[0], device=kind[1])
+        return bufs[kind]
 
     def _fill(self, name: str, values: Tensor) -> None:
-        bufs = self._factor_bufs.setdefault(name, {})
-        for dtype, device in self._row_kinds:
-            if (dtype, device) not in bufs:
-                bufs[dtype, device] = torch.empty(self._layout.n_rows, dtype=dtype, device=device)
-            bufs[dtype, device].copy_(values)
+        for kind in self._row_kinds:
+            self._factor_buf(name, kind).copy_(values)
 
     def _view(self, name: str, pos: int, *, broadcast: bool = False) -> Tensor:
         """Parameter ``pos``'s rows of factor buffer ``name`` (1-D, or shaped to broadcast against it)."""
@@ -85,6 +100,15 @@ class RowOps:
             dead = torch.cat((self._mask(zero), torch.zeros(1, dtype=torch.bool)))[lay.row_group]
             keep = (~dead).to(torch.float64)
             self._caches[key] = ({(dt, dev): keep.to(dev, dt) for dt, dev in self._row_kinds}, {})
+        return self._caches[key]
+
+    def _held_rows(self, observed: Tensor) -> Tensor:
+        """uint8 per global row, 1 on the rows of the ``observed`` groups (cached per mask)."""
+        key = ("held", hash(observed.numpy().tobytes()))
+        if key not in self._caches:
+            self._caches = {k: v for k, v in self._caches.items() if k[0] != "held"}
+            ext = torch.cat((observed, torch.zeros(1, dtype=torch.bool)))
+            self._caches[key] = ext[self._layout.row_group].to(torch.uint8)
         return self._caches[key]
 
     def _params_of(self, mask: Tensor) -> list[int]:

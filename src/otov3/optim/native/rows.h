@@ -4,8 +4,9 @@
  * Every entry point takes a list of tensors, so that one call from Python steps a whole param group. Tensor t is
  * seen as meta[4t] rows of meta[4t+1] contiguous scalars; meta[4t+2] is the global number of its first row (-1:
  * no group owns it), under which its per-row data sits in the global arrays (0/1 keep flags, the row factors m·a
- * and m, the three reductions ‖x‖², ⟨x,d⟩, ‖d‖²); meta[4t+3] holds flags: bit 0 reductions wanted, bit 1 a fresh
- * SGD buffer, bits 2–3 what happens to x (0 kept for a later update, 1 the plain step, 2 the row factors). Each row
+ * and m, the three reductions ‖x‖², ⟨x,d⟩, ‖d‖², whether a row waits); meta[4t+3] holds flags: bit 0 reductions
+ * wanted, bit 1 a fresh SGD buffer, bits 2–3 what happens to x (0 kept for a later update — only the rows flagged
+ * in `held` when it is given, the others take the plain step —, 1 the plain step, 2 the row factors). Each row
  * is handled by one thread from start to end, so the results do not depend on the number of threads. */
 
 /* Runs the loop body (the variadic part) for i in [0, w) as SIMD loops over blocks of BLOCK scalars. The body
@@ -26,16 +27,18 @@
 /* The per-row data of one tensor, offset to its first row (NULL where absent or not wanted). */
 typedef struct {
     const T *keep, *fa, *fm;
+    const uint8_t *held;  /* mode 0: the rows that wait (NULL: all); the others take the plain step now */
     double *sums;
     int mode;
 } NAME(row_data);
 
 static NAME(row_data) NAME(row_data_of)(const int64_t *meta, const T *keep, double *sums, const T *fa,
-                                        const T *fm) {
+                                        const T *fm, const uint8_t *held) {
     const int64_t row0 = meta[2], flags = meta[3];
-    NAME(row_data) d = {NULL, NULL, NULL, NULL, (int)((flags >> 2) & 3)};
+    NAME(row_data) d = {NULL, NULL, NULL, NULL, NULL, (int)((flags >> 2) & 3)};
     if (row0 >= 0) {
         d.keep = keep ? keep + row0 : NULL;
+        d.held = held ? held + row0 : NULL;
         d.fa = fa ? fa + row0 : NULL;
         d.fm = fm ? fm + row0 : NULL;
         d.sums = (flags & 1) && sums ? sums + 3 * row0 : NULL;
@@ -44,9 +47,14 @@ static NAME(row_data) NAME(row_data_of)(const int64_t *meta, const T *keep, doub
     return d;
 }
 
+/* What happens to row r's x: 0 it waits, 1 the plain step, 2 the row factors. */
+static inline int NAME(row_mode)(const NAME(row_data) *rd, int64_t r) {
+    return rd->mode == 0 && rd->held && !rd->held[r] ? 1 : rd->mode;
+}
+
 /* x ← ca·x + cd·d on row r: the plain step (1, −α·s) or the row factors (m·a, −α·s·m; m·a absent: a = 1). */
 static inline void NAME(row_coeffs)(const NAME(row_data) *rd, int64_t r, T step, T plain_a, T *ca, T *cd) {
-    if (rd->mode == 2) {
+    if (NAME(row_mode)(rd, r) == 2) {
         const T m = rd->fm[r];
         *ca = rd->fa ? rd->fa[r] : m;
         *cd = step * m;
@@ -86,7 +94,7 @@ static void NAME(sgd_range)(const void *p, int64_t r0, int64_t r1) {
         if (a->b) {
             T *restrict b = a->b + r * w;
             const T mu = a->mu, damp1 = a->damp1, wdd = a->wdd;
-            if (rd->mode) {
+            if (NAME(row_mode)(rd, r)) {
                 BLOCKED_ROW(T, w, {
                     const T xi = x[i], d = (mu * b[i] + damp1 * g[i]) * kr + wdd * xi;
                     b[i] = d;
@@ -105,7 +113,7 @@ static void NAME(sgd_range)(const void *p, int64_t r0, int64_t r1) {
             if (kr != (T)1) {
                 for (int64_t i = 0; i < w; ++i) g[i] *= kr;
             }
-            if (rd->mode) {
+            if (NAME(row_mode)(rd, r)) {
                 BLOCKED_ROW(T, w, {
                     const T xi = x[i], d = g[i] + wd * xi;
                     bxx += xi * xi; bxd += xi * d; bdd += d * d;
@@ -123,12 +131,12 @@ static void NAME(sgd_range)(const void *p, int64_t r0, int64_t r1) {
 }
 
 int64_t NAME(otov3_sgd)(int64_t n, const int64_t *meta, T **xs, T **gs, T **bs, const T *keep, double *sums,
-                        const T *fa, const T *fm, double mu, double dampening, double wd, double lr,
-                        int64_t threads) {
+                        const T *fa, const T *fm, const uint8_t *held, double mu, double dampening, double wd,
+                        double lr, int64_t threads) {
     for (int64_t t = 0; t < n; ++t) {
         const int64_t *mt = meta + 4 * t;
         const int fresh = (mt[3] >> 1) & 1;
-        NAME(sgd_args) a = {mt[1], xs[t], gs[t], bs ? bs[t] : NULL, NAME(row_data_of)(mt, keep, sums, fa, fm),
+        NAME(sgd_args) a = {mt[1], xs[t], gs[t], bs ? bs[t] : NULL, NAME(row_data_of)(mt, keep, sums, fa, fm, held),
                             fresh ? (T)0 : (T)mu, fresh ? (T)1 : (T)(1 - dampening),
                             fresh ? (T)wd : (T)(wd * (1 - dampening)), (T)wd, (T)lr};
         run_rows(NAME(sgd_range), &a, mt[0], threads_for(mt[0] * mt[1], threads));
@@ -158,7 +166,7 @@ static void NAME(adam_range)(const void *p, int64_t r0, int64_t r1) {
         T ca, cd;
         NAME(row_coeffs)(rd, r, a->step, a->decay, &ca, &cd);
         double sxx = 0, sxd = 0, sdd = 0;
-        if (!rd->mode) {
+        if (!NAME(row_mode)(rd, r)) {
             T *restrict u = a->u + r * w;
             BLOCKED_ROW(T, w, {
                 const T xi = x[i], gi = (g[i] + wd * xi) * kr;
@@ -184,13 +192,13 @@ static void NAME(adam_range)(const void *p, int64_t r0, int64_t r1) {
 
 /* dmeta[3t..3t+2]: eps·sqrt(1−β2^t), the sqrt floor and −α·σ of tensor t (Adam's step counts are per tensor). */
 int64_t NAME(otov3_adam)(int64_t n, const int64_t *meta, const double *dmeta, T **xs, T **gs, T **ms, T **vs,
-                         T **us, const T *keep, double *sums, const T *fa, const T *fm, double beta1, double beta2,
-                         double wd, double decay, int64_t threads) {
+                         T **us, const T *keep, double *sums, const T *fa, const T *fm, const uint8_t *held,
+                         double beta1, double beta2, double wd, double decay, int64_t threads) {
     for (int64_t t = 0; t < n; ++t) {
         const int64_t *mt = meta + 4 * t;
         const double *dt = dmeta + 3 * t;
         NAME(adam_args) a = {mt[1], xs[t], gs[t], ms[t], vs[t], us ? us[t] : NULL,
-                             NAME(row_data_of)(mt, keep, sums, fa, fm), (T)(1 - beta1), (T)beta2, (T)(1 - beta2),
+                             NAME(row_data_of)(mt, keep, sums, fa, fm, held), (T)(1 - beta1), (T)beta2, (T)(1 - beta2),
                              (T)dt[0], (T)dt[1], (T)wd, (T)decay, (T)dt[2]};
         if (!a.rd.mode && !a.u) return -1 - t; /* nowhere to keep u */
         run_rows(NAME(adam_range), &a, mt[0], threads_for(mt[0] * mt[1], threads));
@@ -203,6 +211,7 @@ typedef struct {
     T *x;
     const T *src;
     const T *fa, *fm;  /* m·a and m of the tensor's rows */
+    const uint8_t *held;  /* the rows that waited (NULL: all) */
     T step, adj;       /* −α·σ; α·wd of a coupled decay still owed by d = src + wd·x (SGD without momentum) */
 } NAME(finish_args);
 
@@ -211,6 +220,7 @@ static void NAME(finish_range)(const void *p, int64_t r0, int64_t r1) {
     const NAME(finish_args) *a = p;
     const int64_t w = a->width;
     for (int64_t r = r0; r < r1; ++r) {
+        if (a->held && !a->held[r]) continue;
         T *restrict x = a->x + r * w;
         const T *restrict s = a->src + r * w;
         const T fm = a->fm[r];
@@ -222,11 +232,12 @@ static void NAME(finish_range)(const void *p, int64_t r0, int64_t r1) {
 
 /* dmeta[2t], dmeta[2t+1]: step and adj of tensor t. Every tensor must be owned (meta[4t+2] >= 0). */
 int64_t NAME(otov3_finish)(int64_t n, const int64_t *meta, const double *dmeta, T **xs, T **srcs, const T *fa,
-                           const T *fm, int64_t threads) {
+                           const T *fm, const uint8_t *held, int64_t threads) {
     for (int64_t t = 0; t < n; ++t) {
         const int64_t *mt = meta + 4 * t;
         if (mt[2] < 0) return -1 - t;
-        NAME(finish_args) a = {mt[1], xs[t], srcs[t], fa + mt[2], fm + mt[2], (T)dmeta[2 * t], (T)dmeta[2 * t + 1]};
+        NAME(finish_args) a = {mt[1], xs[t], srcs[t], fa + mt[2], fm + mt[2],
+                               held ? held + mt[2] : NULL, (T)dmeta[2 * t], (T)dmeta[2 * t + 1]};
         run_rows(NAME(finish_range), &a, mt[0], threads_for(mt[0] * mt[1], threads));
     }
     return 0;
@@ -242,4 +253,18 @@ int64_t NAME(otov3_first_nonfinite)(int64_t n, T **ptrs, const int64_t *sizes) {
         if (acc != acc) return t;
     }
     return -1;
+}
+
+/* Per-row factors of a decision (`RowOps._row_factors`): row r of group g (g == n_groups: no group) gets
+ * m_r = m_g (1 without a group or without m) and m_r·a_r with a_r = keep_r − alpha_r·c_g (c absent: 0). */
+int64_t NAME(otov3_row_factors)(int64_t n_rows, const int64_t *row_group, int64_t n_groups, const double *c,
+                                const double *m, const double *alpha, const double *keep, T *out_m, T *out_ma) {
+    for (int64_t r = 0; r < n_rows; ++r) {
+        const int64_t g = row_group[r];
+        const int own = g >= 0 && g < n_groups;
+        const double mr = own && m ? m[g] : 1.0;
+        out_m[r] = (T)mr;
+        if (out_ma) out_ma[r] = (T)(mr * (keep[r] - alpha[r] * (own && c ? c[g] : 0.0)));
+    }
+    return 0;
 }
