@@ -1,6 +1,7 @@
 """Median ``optimizer.step()`` time of H2SPG, DHSPG and HESSO against torch.optim.SGD / Adam, per phase.
 
-Run: ``.venv/bin/python benchmarks/optimizer_overhead.py [--reps N] [--nets chain8,resnet50,...]``.
+Run: ``.venv/bin/python benchmarks/optimizer_overhead.py [--reps N] [--nets chain8,resnet50,...] [--engine eager]``.
+``--engine eager`` measures the engine without its fused C kernels (as on a machine without a C compiler).
 Single-threaded (``torch.set_num_threads(1)``), CPU. Gradients are random and set once before timing; only
 ``step()`` is timed, and the two optimizers are timed alternately so that background load hits both alike. Prints a
 markdown table; ratio = median over the timed pairs of (step time ÷ baseline step time); target ≤ 1.25 in every phase.
@@ -28,7 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from otov3.optim import DHSPG, H2SPG, HESSO
+from otov3.optim import DHSPG, H2SPG, HESSO, _native
 from otov3.space import Group, GroupKind, ParamSlice
 
 
@@ -205,8 +206,15 @@ def main() -> None:
     parser.add_argument("--nets", default="chain8,chain16,chain64,zoo,resnet50")
     parser.add_argument("--optimizers", default="H2SPG,DHSPG,HESSO")
     parser.add_argument("--variants", default="sgd,adam")
+    parser.add_argument("--engine", choices=["native", "eager"], default="native",
+                        help="eager: without the fused C kernels (otov3.optim._native)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    status = _native.status()
+    if args.engine == "eager":
+        _native.available = lambda: False
+        status = "fused kernels off"
+    print(f"engine: {args.engine} ({status})\n")
     chosen = [c for c in (H2SPG, DHSPG, HESSO) if c.__name__ in args.optimizers.split(",")]
     print("| network | params | optimizer | groups (K) | variant | phase | ms | torch ms | ratio |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -37,7 +37,7 @@ _SOURCES = ("fused.c", "rows.h")
 _FLAG_SETS = (["-O3", "-march=native"], ["-O3"])  # -march=native may be refused (cross compilers)
 _COMMON = ["-fno-math-errno", "-ffp-contract=off", "-fopenmp-simd", "-fPIC", "-shared", "-std=c11"]
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
-_ABI = 4
+_ABI = 6
 
 # Per-tensor flags of the kernels' meta (see rows.h): reductions wanted, a fresh SGD buffer, and what happens to x.
 SUMS, FRESH = 1, 2
@@ -73,8 +73,10 @@ def _ptr(t: Tensor | None) -> int | None:
 
 def _call(name: str, dtype: torch.dtype, *args: object) -> None:
     code = getattr(_library(), f"otov3_{name}_{_SUFFIX[dtype]}")(*args)
+    if code == -(1 << 40):
+        raise MemoryError(f"otov3 fused kernel {name}: out of memory for its per-tensor arguments")
     if code != 0:
-        raise RuntimeError(f"otov3 fused kernel {name} refused tensor {-1 - code} of its batch (an engine bug)")
+        raise RuntimeError(f"otov3 fused kernel {name} refused tensor {-1 - code} of its batch (an otov3 bug)")
 
 
 def sgd(xs: Sequence[Tensor], gs: Sequence[Tensor], bs: Sequence[Tensor] | None, meta: Sequence[int], *,
@@ -145,7 +147,11 @@ def group_sums(row_group: Tensor, sums: Tensor, n_groups: int, factors: Sequence
 def first_nonfinite(tensors: Sequence[Tensor]) -> int:
     """The index of the first tensor (all of one kind, `kind_ok`) holding a NaN or Inf, or -1."""
     fn = getattr(_library(), f"otov3_first_nonfinite_{_SUFFIX[tensors[0].dtype]}")
-    return int(fn(len(tensors), _ptrs(tensors), (ctypes.c_int64 * len(tensors))(*[t.numel() for t in tensors])))
+    meta = [v for t in tensors for v in (t.numel(), 1, -1, 0)]
+    code = int(fn(len(tensors), _ptrs(tensors), (ctypes.c_int64 * len(meta))(*meta), torch.get_num_threads()))
+    if code == -(1 << 40):
+        raise MemoryError("otov3 fused kernel first_nonfinite: out of memory")
+    return code
 
 
 # ------------------------------------------------------------------------------------------------ the build
@@ -247,7 +253,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         fin = getattr(lib, f"otov3_finish_{suffix}")
         fin.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64]
         check = getattr(lib, f"otov3_first_nonfinite_{suffix}")
-        check.argtypes = [i64, ptr, ptr]
+        check.argtypes = [i64, ptr, ptr, i64]
         factors = getattr(lib, f"otov3_row_factors_{suffix}")
         factors.argtypes = [i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr]
         for fn in (sgd, adam, fin, check, factors):

@@ -5,50 +5,69 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 typedef void (*range_fn)(const void *args, int64_t r0, int64_t r1);
 
+#define MAX_THREADS 64
+/* A batch below this many scalars per thread is not worth a thread of its own. */
+#define PER_THREAD (1 << 18)
+
+/* One thread's share of a batch: the rows whose first scalar falls in [lo, hi) of the batch's scalars. */
 typedef struct {
     range_fn fn;
-    const void *args;
-    int64_t r0, r1;
-} job_t;
+    const char *args;
+    size_t stride;
+    int64_t n;
+    const int64_t *meta;
+    int64_t lo, hi;
+} share_t;
 
-static void *job_main(void *p) {
-    job_t *j = p;
-    j->fn(j->args, j->r0, j->r1);
+static void *run_share(void *p) {
+    const share_t *s = p;
+    int64_t start = 0;
+    for (int64_t t = 0; t < s->n && start < s->hi; ++t) {
+        const int64_t rows = s->meta[4 * t], w = s->meta[4 * t + 1], size = rows * w;
+        if (size > 0 && start + size > s->lo) {
+            int64_t r0 = s->lo > start ? (s->lo - start + w - 1) / w : 0;
+            int64_t r1 = (s->hi - start + w - 1) / w;
+            r1 = r1 < rows ? r1 : rows;
+            if (r0 < r1) s->fn(s->args + t * s->stride, r0, r1);
+        }
+        start += size;
+    }
     return NULL;
 }
 
-#define MAX_THREADS 64
-/* Tensors below this many scalars per thread are not worth a thread of their own. */
-#define PER_THREAD (1 << 18)
-
-static int64_t threads_for(int64_t numel, int64_t threads) {
-    const int64_t most = numel / PER_THREAD;
-    return threads < most ? threads : (most > 1 ? most : 1);
-}
-
-/* Runs fn over rows [0, n_rows) on up to `threads` threads, each a contiguous range of whole rows. */
-static void run_rows(range_fn fn, const void *args, int64_t n_rows, int64_t threads) {
-    if (threads > n_rows) threads = n_rows;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
+/* Runs fn over every row of the n tensors of a batch (tensor t's arguments at args + t·stride, its shape in
+ * meta[4t], meta[4t+1]): with one thread tensor by tensor, else split into `threads` equal shares of scalars by
+ * whole rows, so that each row is handled by one thread and the results do not depend on the thread count. */
+static void run_batch(range_fn fn, const void *args, size_t stride, int64_t n, const int64_t *meta,
+                      int64_t threads) {
+    int64_t total = 0;
+    for (int64_t t = 0; t < n; ++t) total += meta[4 * t] * meta[4 * t + 1];
+    const int64_t most = total / PER_THREAD;
+    threads = threads < most ? threads : most;
+    threads = threads < MAX_THREADS ? threads : MAX_THREADS;
     if (threads <= 1) {
-        fn(args, 0, n_rows);
+        for (int64_t t = 0; t < n; ++t) fn((const char *)args + t * stride, 0, meta[4 * t]);
         return;
     }
     pthread_t tid[MAX_THREADS];
-    job_t jobs[MAX_THREADS];
+    share_t shares[MAX_THREADS];
     int started[MAX_THREADS];
-    for (int64_t t = 0; t < threads; ++t) {
-        jobs[t] = (job_t){fn, args, n_rows * t / threads, n_rows * (t + 1) / threads};
-        started[t] = t > 0 && pthread_create(&tid[t], NULL, job_main, &jobs[t]) == 0;
+    for (int64_t k = 0; k < threads; ++k) {
+        shares[k] = (share_t){fn, args, stride, n, meta, total * k / threads, total * (k + 1) / threads};
+        started[k] = k > 0 && pthread_create(&tid[k], NULL, run_share, &shares[k]) == 0;
     }
-    for (int64_t t = 0; t < threads; ++t)
-        if (!started[t]) job_main(&jobs[t]);
-    for (int64_t t = 1; t < threads; ++t)
-        if (started[t]) pthread_join(tid[t], NULL);
+    for (int64_t k = 0; k < threads; ++k)
+        if (!started[k]) run_share(&shares[k]);
+    for (int64_t k = 1; k < threads; ++k)
+        if (started[k]) pthread_join(tid[k], NULL);
 }
+
+/* Returned by a kernel that could not allocate its per-tensor arguments. */
+#define OUT_OF_MEMORY (-(INT64_C(1) << 40))
 
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
@@ -65,7 +84,7 @@ static void run_rows(range_fn fn, const void *args, int64_t n_rows, int64_t thre
 #undef T
 #undef NAME
 
-int64_t otov3_abi_version(void) { return 4; }
+int64_t otov3_abi_version(void) { return 6; }
 
 /* The λ rule and half-space test of spec §5.3–§5.5 for G groups, as `_halfspace.decide` computes them (same
  * operations in the same order, in double). pg holds per group ‖x‖², ⟨x,d⟩, ‖d‖², Σ(1−α·wd)‖x‖², Σα‖x‖²,

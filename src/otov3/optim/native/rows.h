@@ -7,7 +7,7 @@
  * and m, the three reductions ‖x‖², ⟨x,d⟩, ‖d‖², whether a row waits); meta[4t+3] holds flags: bit 0 reductions
  * wanted, bit 1 a fresh SGD buffer, bits 2–3 what happens to x (0 kept for a later update — only the rows flagged
  * in `held` when it is given, the others take the plain step —, 1 the plain step, 2 the row factors). Each row
- * is handled by one thread from start to end, so the results do not depend on the number of threads. */
+ * is handled by one thread from start to end (`run_batch`), so the results do not depend on the number of threads. */
 
 /* Runs the loop body (the variadic part) for i in [0, w) as SIMD loops over blocks of BLOCK scalars. The body
  * adds to the block's accumulators bxx, bxd, bdd (type T: vectorised); each block's totals are then added to the
@@ -133,14 +133,18 @@ static void NAME(sgd_range)(const void *p, int64_t r0, int64_t r1) {
 int64_t NAME(otov3_sgd)(int64_t n, const int64_t *meta, T **xs, T **gs, T **bs, const T *keep, double *sums,
                         const T *fa, const T *fm, const uint8_t *held, double mu, double dampening, double wd,
                         double lr, int64_t threads) {
+    NAME(sgd_args) *a = malloc((size_t)(n > 0 ? n : 1) * sizeof *a);
+    if (!a) return OUT_OF_MEMORY;
     for (int64_t t = 0; t < n; ++t) {
         const int64_t *mt = meta + 4 * t;
         const int fresh = (mt[3] >> 1) & 1;
-        NAME(sgd_args) a = {mt[1], xs[t], gs[t], bs ? bs[t] : NULL, NAME(row_data_of)(mt, keep, sums, fa, fm, held),
-                            fresh ? (T)0 : (T)mu, fresh ? (T)1 : (T)(1 - dampening),
-                            fresh ? (T)wd : (T)(wd * (1 - dampening)), (T)wd, (T)lr};
-        run_rows(NAME(sgd_range), &a, mt[0], threads_for(mt[0] * mt[1], threads));
+        a[t] = (NAME(sgd_args)){mt[1], xs[t], gs[t], bs ? bs[t] : NULL,
+                                NAME(row_data_of)(mt, keep, sums, fa, fm, held), fresh ? (T)0 : (T)mu,
+                                fresh ? (T)1 : (T)(1 - dampening), fresh ? (T)wd : (T)(wd * (1 - dampening)), (T)wd,
+                                (T)lr};
     }
+    run_batch(NAME(sgd_range), a, sizeof *a, n, meta, threads);
+    free(a);
     return 0;
 }
 
@@ -194,15 +198,21 @@ static void NAME(adam_range)(const void *p, int64_t r0, int64_t r1) {
 int64_t NAME(otov3_adam)(int64_t n, const int64_t *meta, const double *dmeta, T **xs, T **gs, T **ms, T **vs,
                          T **us, const T *keep, double *sums, const T *fa, const T *fm, const uint8_t *held,
                          double beta1, double beta2, double wd, double decay, int64_t threads) {
+    NAME(adam_args) *a = malloc((size_t)(n > 0 ? n : 1) * sizeof *a);
+    if (!a) return OUT_OF_MEMORY;
     for (int64_t t = 0; t < n; ++t) {
         const int64_t *mt = meta + 4 * t;
         const double *dt = dmeta + 3 * t;
-        NAME(adam_args) a = {mt[1], xs[t], gs[t], ms[t], vs[t], us ? us[t] : NULL,
-                             NAME(row_data_of)(mt, keep, sums, fa, fm, held), (T)(1 - beta1), (T)beta2, (T)(1 - beta2),
-                             (T)dt[0], (T)dt[1], (T)wd, (T)decay, (T)dt[2]};
-        if (!a.rd.mode && !a.u) return -1 - t; /* nowhere to keep u */
-        run_rows(NAME(adam_range), &a, mt[0], threads_for(mt[0] * mt[1], threads));
+        a[t] = (NAME(adam_args)){mt[1], xs[t], gs[t], ms[t], vs[t], us ? us[t] : NULL,
+                                 NAME(row_data_of)(mt, keep, sums, fa, fm, held), (T)(1 - beta1), (T)beta2,
+                                 (T)(1 - beta2), (T)dt[0], (T)dt[1], (T)wd, (T)decay, (T)dt[2]};
+        if (!a[t].rd.mode && !a[t].u) {
+            free(a);
+            return -1 - t; /* nowhere to keep u */
+        }
     }
+    run_batch(NAME(adam_range), a, sizeof *a, n, meta, threads);
+    free(a);
     return 0;
 }
 
@@ -233,26 +243,54 @@ static void NAME(finish_range)(const void *p, int64_t r0, int64_t r1) {
 /* dmeta[2t], dmeta[2t+1]: step and adj of tensor t. Every tensor must be owned (meta[4t+2] >= 0). */
 int64_t NAME(otov3_finish)(int64_t n, const int64_t *meta, const double *dmeta, T **xs, T **srcs, const T *fa,
                            const T *fm, const uint8_t *held, int64_t threads) {
+    NAME(finish_args) *a = malloc((size_t)(n > 0 ? n : 1) * sizeof *a);
+    if (!a) return OUT_OF_MEMORY;
     for (int64_t t = 0; t < n; ++t) {
         const int64_t *mt = meta + 4 * t;
-        if (mt[2] < 0) return -1 - t;
-        NAME(finish_args) a = {mt[1], xs[t], srcs[t], fa + mt[2], fm + mt[2],
-                               held ? held + mt[2] : NULL, (T)dmeta[2 * t], (T)dmeta[2 * t + 1]};
-        run_rows(NAME(finish_range), &a, mt[0], threads_for(mt[0] * mt[1], threads));
+        if (mt[2] < 0) {
+            free(a);
+            return -1 - t;
+        }
+        a[t] = (NAME(finish_args)){mt[1], xs[t], srcs[t], fa + mt[2], fm + mt[2], held ? held + mt[2] : NULL,
+                                   (T)dmeta[2 * t], (T)dmeta[2 * t + 1]};
     }
+    run_batch(NAME(finish_range), a, sizeof *a, n, meta, threads);
+    free(a);
     return 0;
 }
 
-/* The index of the first tensor holding a NaN or Inf, or -1: one read of each. */
-int64_t NAME(otov3_first_nonfinite)(int64_t n, T **ptrs, const int64_t *sizes) {
-    for (int64_t t = 0; t < n; ++t) {
-        const T *restrict p = ptrs[t];
-        T acc = 0;
+typedef struct {
+    const T *p;
+    uint8_t *bad;
+} NAME(check_args);
+
+/* Flags the tensor when scalars [r0, r1) hold a NaN or Inf (0·x is 0 for finite x, NaN otherwise). */
+static void NAME(check_range)(const void *p, int64_t r0, int64_t r1) {
+    const NAME(check_args) *a = p;
+    const T *restrict v = a->p;
+    T acc = 0;
 #pragma omp simd reduction(+:acc)
-        for (int64_t i = 0; i < sizes[t]; ++i) acc += p[i] * (T)0;  /* 0·x is 0 for finite x, NaN otherwise */
-        if (acc != acc) return t;
+    for (int64_t i = r0; i < r1; ++i) acc += v[i] * (T)0;
+    if (acc != acc) __atomic_store_n(a->bad, 1, __ATOMIC_RELAXED);
+}
+
+/* The index of the first tensor holding a NaN or Inf, or -1: one read of each (meta: size, 1, -1, 0 per tensor). */
+int64_t NAME(otov3_first_nonfinite)(int64_t n, T **ptrs, const int64_t *meta, int64_t threads) {
+    NAME(check_args) *a = calloc((size_t)(n > 0 ? n : 1), sizeof *a);
+    uint8_t *bad = calloc((size_t)(n > 0 ? n : 1), 1);
+    if (!a || !bad) {
+        free(a);
+        free(bad);
+        return OUT_OF_MEMORY;
     }
-    return -1;
+    for (int64_t t = 0; t < n; ++t) a[t] = (NAME(check_args)){ptrs[t], bad + t};
+    run_batch(NAME(check_range), a, sizeof *a, n, meta, threads);
+    int64_t first = -1;
+    for (int64_t t = 0; t < n && first < 0; ++t)
+        if (bad[t]) first = t;
+    free(a);
+    free(bad);
+    return first;
 }
 
 /* Per-row factors of a decision (`RowOps._row_factors`): row r of group g (g == n_groups: no group) gets
