@@ -20,7 +20,7 @@ from otov3.optim import DHSPG, H2SPG, HESSO, _native
 from otov3.optim._halfspace import decide
 from otov3.space import Group, GroupKind, ParamSlice
 
-pytestmark = pytest.mark.skipif(not _native.available(), reason=f"fused kernels unavailable: {_native.status()}")
+needs_kernels = pytest.mark.skipif(not _native.available(), reason=f"fused kernels unavailable: {_native.status()}")
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -34,6 +34,7 @@ def test_the_kernels_are_built_wherever_a_c_compiler_exists():
 _sums = st.floats(-1e3, 1e3, allow_nan=False).map(lambda v: 0.0 if abs(v) < 1e-3 else v)
 
 
+@needs_kernels
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(_sums, _sums, _sums, _sums, st.booleans()), min_size=1, max_size=12),
        st.booleans(), st.sampled_from([1.0, 0.75, 0.0]))
@@ -53,6 +54,7 @@ def test_halfspace_kernel_equals_the_torch_rule(rows, force, post):
     assert torch.equal(torch.where(project, 0.0, torch.where(targets, post, 1.0)), m_n)
 
 
+@needs_kernels
 def test_row_factors_and_group_sums_equal_the_torch_path():
     gen = torch.Generator().manual_seed(0)
     n_groups, n_rows = 7, 40
@@ -76,6 +78,7 @@ def test_row_factors_and_group_sums_equal_the_torch_path():
     assert _native.group_sums(row_group, sums, n_groups, factors) is None
 
 
+@needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_first_nonfinite_names_the_first_tensor_with_nan_or_inf(dtype):
     tensors = [torch.randn(n, dtype=dtype) for n in (5, 70000, 3, 129)]
@@ -98,6 +101,7 @@ def _reference_sgd(x, g, b, keep, *, momentum, dampening, wd, fresh):
     return (momentum * b + (1 - dampening) * g) * k + wd * (1 - dampening) * x
 
 
+@needs_kernels
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=st.integers(1, 9), width=st.integers(1, 700), dtype=st.sampled_from([torch.float32, torch.float64]),
        momentum=st.sampled_from([0.0, 0.9]), dampening=st.sampled_from([0.0, 0.3]), wd=st.sampled_from([0.0, 1e-2]),
@@ -129,6 +133,7 @@ def test_sgd_kernel_matches_spec_5_1_with_row_reductions(rows, width, dtype, mom
     assert bool(((sums - reduced).abs() <= (1e-5 if dtype == torch.float32 else 1e-12) * scale).all())
 
 
+@needs_kernels
 @pytest.mark.parametrize("decoupled", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_adam_kernel_holds_u_or_steps_like_torch_adam(decoupled, dtype):
@@ -159,6 +164,7 @@ def test_adam_kernel_holds_u_or_steps_like_torch_adam(decoupled, dtype):
     assert torch.allclose(x.double(), decay * x64 - lr * sigma * u_ref, **tol)
 
 
+@needs_kernels
 def test_held_rows_wait_and_the_others_take_the_plain_step_and_finish_moves_only_the_held():
     gen = torch.Generator().manual_seed(2)
     rows, width = 8, 50
@@ -177,6 +183,7 @@ def test_held_rows_wait_and_the_others_take_the_plain_step_and_finish_moves_only
     assert torch.allclose(x[waiting], 0.5 * x0[waiting] - 0.1 * 2.0 * b[waiting], atol=1e-7)
 
 
+@needs_kernels
 def test_results_do_not_depend_on_the_number_of_threads():
     gen = torch.Generator().manual_seed(3)
     rows, width = 16, 1 << 16  # 1 Mi scalars: split over threads by whole rows
@@ -224,6 +231,7 @@ def _random_model(draw_seed: int):
     return params, groups
 
 
+@needs_kernels
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10**6), cls=st.sampled_from([H2SPG, DHSPG, HESSO]),
        variant=st.sampled_from(["sgd", "adam", "adamw"]), momentum=st.sampled_from([0.0, 0.9]))
