@@ -1,14 +1,17 @@
 """The fused CPU kernels of `native/fused.c`, compiled on first use and called through ctypes.
 
-Eager PyTorch makes one trip through memory per operation, so a step that also needs the per-row reductions
-``‖x‖², ⟨x,d⟩, ‖d‖²`` before the parameter may move costs two to three times torch.optim.SGD. The C kernels do the
-buffer update, the reductions and the update in one pass per parameter (row by row, each row in cache), and the
-deferred row-factor update in a second. They serve contiguous float32/float64 CPU tensors; everything else (GPU,
-half precision) takes the eager passes of `_reduce`, which compute the same values.
+Eager PyTorch makes one trip through memory per operation and costs a few microseconds per call, so a step that
+also needs the per-row reductions ``‖x‖², ⟨x,d⟩, ‖d‖²`` before the parameters may move cost up to three times a
+torch.optim.SGD step. The kernels step a whole param group per call: the buffer update, the reductions and the
+update in one pass over each parameter (row by row, each row in cache), then the updates that waited for the
+policy's decision (only the rows that had to wait); and they replace the per-step chains of small tensor ops of
+the half-space rule, the row factors, the per-group sums and the NaN/Inf check of large gradients. They take
+contiguous float32/float64 CPU tensors; the rest (GPU, half precision, odd layouts) takes the eager paths of
+`_pass`, `_flatpass` and `_reduce`, which compute the same values.
 
 The library is built with the system C compiler (``$CC``, else ``cc``) into ``$OTOV3_CACHE_DIR`` (default
-``~/.cache/otov3``), keyed by the sources, the flags and the CPU, in well under a second; without a compiler the
-eager passes are used and `status()` says why. ``OTOV3_NATIVE=0`` turns the kernels off.
+``~/.cache/otov3``), keyed by the sources, the flags and the CPU, in under a second; without a compiler the eager
+paths are used and `status()` says why. ``OTOV3_NATIVE=0`` turns the kernels off.
 """
 
 from __future__ import annotations
@@ -179,10 +182,14 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
         text = b"".join((src / name).read_bytes() for name in _SOURCES)
     except OSError as exc:
         return None, f"kernel sources missing ({exc}); the eager passes are used"
+    try:
+        cache = _cache_dir()
+    except OSError as exc:
+        return None, f"no cache folder for the kernels ({exc}); the eager passes are used"
     errors = []
     for flags in _FLAG_SETS:
         key = hashlib.sha256(text + repr((flags, _COMMON, compiler, platform.machine(), _cpu_id())).encode())
-        target = _cache_dir() / f"otov3_fused_{key.hexdigest()[:16]}.so"
+        target = cache / f"otov3_fused_{key.hexdigest()[:16]}.so"
         if not target.exists():
             error = _compile(compiler, flags, src, target)
             if error:
@@ -230,7 +237,13 @@ def _cache_dir() -> Path:
             return path
     except OSError:
         pass
-    return Path(tempfile.gettempdir()) / f"otov3-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    # a shared temporary directory: only a private folder of ours, so that nobody else can plant a library there
+    path = Path(tempfile.gettempdir()) / f"otov3-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    info = path.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise OSError(f"{path} is not a private folder of this user; set OTOV3_CACHE_DIR")
+    return path
 
 
 def _cpu_id() -> str:
