@@ -4,6 +4,7 @@ independent of the thread count, and a clean fallback to the eager engine when d
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import subprocess
@@ -263,6 +264,41 @@ def test_the_engine_gives_the_same_run_with_and_without_the_kernels(seed, cls, v
     for pa, pb in zip(a, b, strict=True):
         assert torch.allclose(pa, pb, atol=1e-5, rtol=1e-5)
         assert torch.equal(pa == 0, pb == 0)
+
+
+@needs_kernels
+@pytest.mark.parametrize("variant", ["sgd", "adam"])
+def test_a_state_dict_loaded_into_the_running_optimizer_replaces_the_buffers_the_kernels_use(variant):
+    def make():
+        params, groups = _random_model(7)
+        kw = {"momentum": 0.9} if variant == "sgd" else {}
+        return params, DHSPG(params, groups, target_group_sparsity=max(1, len(groups) // 2), warmup_steps=2,
+                             hybrid_steps=6, variant=variant, lr=0.05, **kw)
+
+    def steps(params, opt, seed, n):
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(n):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+
+    params, opt = make()
+    steps(params, opt, 0, 3)
+    saved_params = [p.detach().clone() for p in params]
+    saved = copy.deepcopy(opt.state_dict())  # each load below takes its own copy: torch.optim loads without one
+    steps(params, opt, 1, 2)
+    with torch.no_grad():
+        for p, v in zip(params, saved_params, strict=True):
+            p.copy_(v)
+    opt.load_state_dict(copy.deepcopy(saved))  # new buffer tensors for the same optimizer
+    steps(params, opt, 2, 3)
+    twin_params, twin = make()
+    with torch.no_grad():
+        for p, v in zip(twin_params, saved_params, strict=True):
+            p.copy_(v)
+    twin.load_state_dict(copy.deepcopy(saved))
+    steps(twin_params, twin, 2, 3)
+    assert all(torch.equal(a, b) for a, b in zip(params, twin_params, strict=True))
 
 
 # ------------------------------------------------------------------------------------------------ fallback

@@ -51,7 +51,8 @@ class NativePass:
                 continue
             else:
                 bufs = (None, None)
-            if bufs and bufs[0] is not None and checked.get(pos) != bufs and not self._buffers_fit(pos, p, bufs):
+            if bufs and bufs[0] is not None and not _same(checked.get(pos), bufs) and \
+                    not self._buffers_fit(pos, p, bufs):
                 others.append((pos, p))
                 continue
             hold = defer and pos in watch
@@ -165,6 +166,11 @@ class NativePass:
             kind = (dtype, torch.device("cpu"))
             _native.finish(xs, srcs, meta, dmeta, fa=self._factor_bufs["ma"][kind], fm=self._factor_bufs["m"][kind],
                            held=work.held_rows)
+
+
+def _same(seen: tuple[Tensor, ...] | None, bufs: tuple[Tensor | None, ...]) -> bool:
+    """Whether ``bufs`` are the very tensors checked before (a loaded state dict brings new ones)."""
+    return seen is not None and all(a is b for a, b in zip(seen, bufs, strict=True))
 
 
 class _Batch:
