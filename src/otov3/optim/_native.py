@@ -26,11 +26,14 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from otov3.errors import OptimizerError
 
 __all__ = ["FRESH", "HOLD", "PLAIN", "FACTORS", "SUMS", "adam", "available", "finish", "first_nonfinite", "group_sums",
            "halfspace", "kind_ok", "row_factors", "sgd", "status"]
@@ -79,7 +82,8 @@ def _call(name: str, dtype: torch.dtype, *args: object) -> None:
     if code == -(1 << 40):
         raise MemoryError(f"otov3 fused kernel {name}: out of memory for its per-tensor arguments")
     if code != 0:
-        raise RuntimeError(f"otov3 fused kernel {name} refused tensor {-1 - code} of its batch (an otov3 bug)")
+        raise OptimizerError(f"otov3 fused kernel {name} refused tensor {-1 - code} of its batch (an otov3 bug; "
+                             "please report it; OTOV3_NATIVE=0 runs the eager steps meanwhile)")
 
 
 def sgd(xs: Sequence[Tensor], gs: Sequence[Tensor], bs: Sequence[Tensor] | None, meta: Sequence[int], *,
@@ -166,6 +170,11 @@ def _library() -> ctypes.CDLL | None:
         if "lib" not in _state:
             _state["lib"], _state["status"] = _load()
             _LOG.info("otov3 fused optimizer kernels: %s", _state["status"])
+            if _state["lib"] is None and not str(_state["status"]).startswith("disabled"):
+                warnings.warn(f"otov3: fused optimizer kernels: {_state['status']}. The optimizers' CPU steps run as "
+                              "eager PyTorch ops instead: the same results, up to 3x slower than torch.optim. Install "
+                              "a C compiler (e.g. gcc) and set CC, or set OTOV3_NATIVE=0 to choose the eager steps "
+                              "without this warning.", RuntimeWarning, stacklevel=3)
     return _state["lib"]  # type: ignore[return-value]
 
 
