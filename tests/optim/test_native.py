@@ -321,13 +321,25 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize(("env", "reason", "warned"), [({"OTOV3_NATIVE": "0"}, "disabled by OTOV3_NATIVE=0", "0"),
-                                                       ({"CC": "/bin/false"}, "could not build the kernels", "1")])
-def test_without_the_kernels_the_engine_runs_eagerly_and_says_why(env, reason, warned, tmp_path):
-    full = {**os.environ, "PYTHONPATH": str(SRC), "OTOV3_CACHE_DIR": str(tmp_path), **env}
+def _run_script(env: dict[str, str], cache: Path) -> tuple[str, str, str, str]:
+    full = {**os.environ, "PYTHONPATH": str(SRC), "OTOV3_CACHE_DIR": str(cache), **env}
     done = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, env=full, timeout=300,
                           check=False)
     assert done.returncode == 0, done.stderr
     available, zero, said, status = done.stdout.strip().split(" ", 3)
+    return available, zero, said, status
+
+
+@pytest.mark.parametrize(("env", "reason", "warned"), [({"OTOV3_NATIVE": "0"}, "disabled by OTOV3_NATIVE=0", "0"),
+                                                       ({"CC": "/bin/false"}, "could not build the kernels", "1")])
+def test_without_the_kernels_the_engine_runs_eagerly_and_says_why(env, reason, warned, tmp_path):
+    available, zero, said, status = _run_script(env, tmp_path)
     assert available == "False" and zero == "3" and reason in status
     assert said == warned  # a build that fails warns once; turning the kernels off is a choice, not warned
+
+
+@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="no C compiler")
+def test_a_fresh_machine_builds_the_kernels_into_an_empty_cache(tmp_path):
+    available, zero, said, status = _run_script({}, tmp_path)
+    assert available == "True" and zero == "3" and said == "0"
+    assert status == f"loaded {next(tmp_path.glob('otov3_fused_*.so'))}"  # built there, atomically renamed

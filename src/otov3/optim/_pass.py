@@ -1,10 +1,11 @@
 """The per-step pass over the parameters: base directions (spec §5.1) and the per-row group reductions.
 
-`DirectionPass` is the half of `GroupOptimizer` that touches every parameter once per step: large parameters take
+`DirectionPass` is the half of `GroupOptimizer` that touches every parameter once per step. On the CPU the fused C
+kernels step each param group in one call (`_nativepass`). Without them (GPU, no compiler), large parameters take
 the cache-blocked passes of `_reduce` (buffers, reductions and, unless deferred, the update in one trip through
-memory); small ones step as flat vectors (`_flatpass`); the rest (rows along dim ≥ 1, a pack that cannot step)
-take torch.optim-style foreach directions, applied after the policy's decision. `_reduce` turns the per-row
-reductions into ``(G, 6)`` per-group sums, refusing NaN/Inf.
+memory) and small ones step as flat vectors (`_flatpass`). The rest (rows along dim ≥ 1, half precision, a pack
+that cannot step) take torch.optim-style foreach directions, applied after the policy's decision. `_reduce` turns
+the per-row reductions into ``(G, 6)`` per-group sums, refusing NaN/Inf.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class DirectionPass(NativePass, FlatPass):
         ``inline``: a decision taken before the pass; the cache-blocked passes apply its row factors in place."""
         variant, lay = self.defaults["variant"], self._layout
         work = StepWork(len(self._flat_params))
-        if defer and observed is not None:  # rows of other groups in a held parameter need not wait
+        native = _native.available()
+        if native and defer and observed is not None:  # the kernels' other rows of a held parameter need not wait
             work.held_rows = self._held_rows(observed)
         first = 0
         for group in self.param_groups:
@@ -53,7 +55,6 @@ class DirectionPass(NativePass, FlatPass):
             work.decay_of[first:first + n] = [group["lr"] * group["weight_decay"] if variant == "adamw" else 0.0] * n
             first += n
         hit: frozenset[int] = frozenset()
-        native = _native.available()
         if inline is not None:
             self._row_factors(inline, work, pre=inline.c is not None)
             mask = torch.zeros(lay.n_groups, dtype=torch.bool)
