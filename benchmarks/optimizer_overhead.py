@@ -7,7 +7,9 @@ Single-threaded (``torch.set_num_threads(1)``), CPU. Gradients are random and se
 markdown table; ratio = median over the timed pairs of (step time ÷ baseline step time); target ≤ 1.25 in every phase.
 
 Networks: residual chains of 8, 16 and 64 blocks (16–64 channels; each block body and its parallel 1×1 branch
-are GeZIGs), the zoo's DemoSupNet, and a ResNet-50-sized bottleneck network (25.6 M parameters). H2SPG runs over
+are GeZIGs), the zoo's DemoSupNet with hand-made channel groups, every zoo network (DemoSupNet, StackedUnets,
+SuperResNet, DARTS-8, DARTS-14) with the groups `OTO` finds in erasing and pruning mode, and a ResNet-50-sized
+bottleneck network (25.6 M parameters). H2SPG runs over
 the GeZIGs (erasing mode); DHSPG and HESSO over pruning-mode channel groups (one group per output channel of
 each node group: conv rows + BN entries, residual outputs of a stage tied), the way `OTO(mode="prune")` hands
 them over; on the ResNet-50 that is ~11 500 groups.
@@ -163,7 +165,23 @@ def _nets(which: list[str]) -> list[tuple[str, nn.Module, list[Group], list[Grou
         elif key == "resnet50":
             net = ResNet50Like()
             out.append(("ResNet-50-sized", net, net.gezigs(), net.channels(), 9))
+        elif key.startswith("zoo:"):
+            out.append(_zoo_searched(key[4:]))
     return out
+
+
+def _zoo_searched(name: str) -> tuple[str, nn.Module, list[Group], list[Group], int]:
+    """A zoo super-network with the groups `OTO` finds: its GeZIGs (erasing mode, for H2SPG) and its channel
+    groups (pruning mode, for DHSPG and HESSO), as a user's run would hand them over."""
+    from otov3 import OTO
+    from otov3.zoo import create_supernet, get_supernet_spec
+
+    spec = get_supernet_spec(name)
+    net = create_supernet(name)
+    dummy = torch.randn(spec.input_shape)
+    gezigs = list(OTO(net, dummy).groups)
+    channels = list(OTO(net, dummy, mode="prune").groups)
+    return f"zoo {name} (OTO's groups)", net, gezigs, channels, 40
 
 
 def _with_grads(net: nn.Module) -> nn.Module:
@@ -203,7 +221,10 @@ PHASES = {  # optimizer: {phase: options}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=0, help="timed steps per cell (default: 40 small, 9 ResNet-50)")
-    parser.add_argument("--nets", default="chain8,chain16,chain64,zoo,resnet50")
+    parser.add_argument("--nets", default="chain8,chain16,chain64,zoo,zoo:demo_supnet,zoo:stacked_unets,"
+                        "zoo:super_resnet,zoo:darts8,zoo:darts14,resnet50",
+                        help="chainN, zoo (DemoSupNet, hand-made channel groups), zoo:NAME (a zoo network with "
+                             "OTO's own groups), resnet50")
     parser.add_argument("--optimizers", default="H2SPG,DHSPG,HESSO")
     parser.add_argument("--variants", default="sgd,adam")
     parser.add_argument("--engine", choices=["native", "eager"], default="native",

@@ -96,6 +96,8 @@ class GroupOptimizer(DirectionPass, RowOps, Optimizer):
                         for i, n in enumerate(self._param_names)]
         self._u_buffers: dict[int, Tensor] = {}
         self._native_checked: dict[int, tuple[Tensor, ...]] = {}  # buffers the C kernels may take
+        self._native_state_of: Any = None  # the `state` that `_native_state_by_pos` indexes
+        self._native_state_by_pos: dict[int, dict[str, Any]] = {}
         self._scratch_buffers: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor, Tensor]] = {}
         self._caches: dict[Any, Any] = {}
         self._factor_bufs: dict[str, dict[tuple[torch.dtype, torch.device], Tensor]] = {}

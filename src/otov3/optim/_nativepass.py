@@ -31,7 +31,7 @@ class NativePass:
         ``(position, parameter)``. ``hit``: parameters whose rows take an early decision's factors in the pass."""
         sgd = self.defaults["variant"] == "sgd"
         momentum = group["momentum"] if sgd else 0.0
-        state, checked = self.state, self._native_checked
+        checked, states = self._native_checked, self._native_states()
         members, others = self._native_members(positions)
         others = list(others)
         batches: dict[torch.dtype, _Batch] = {}
@@ -41,7 +41,9 @@ class NativePass:
                                                                  and g.is_contiguous() and p.numel() == rows * width):
                 others.append((pos, p))
                 continue
-            st = state[p]
+            st = states.get(pos)
+            if st is None:
+                st = states[pos] = self.state[p]
             if sgd:
                 bufs = (st.get("momentum_buffer"),) if momentum else ()
             elif "exp_avg" in st:
@@ -51,8 +53,9 @@ class NativePass:
                 continue
             else:
                 bufs = (None, None)
-            if bufs and bufs[0] is not None and not _same(checked.get(pos), bufs) and \
-                    not self._buffers_fit(pos, p, bufs):
+            seen = checked.get(pos)
+            if bufs and bufs[0] is not None and (seen is None or seen[0] is not bufs[0] or seen[-1] is not bufs[-1]) \
+                    and not self._buffers_fit(pos, p, bufs):  # identity: a loaded state dict brings new tensors
                 others.append((pos, p))
                 continue
             hold = defer and pos in watch
@@ -101,6 +104,21 @@ class NativePass:
                 members.append((pos, p, n, lay.numel[pos] // n, -1 if rows is None else rows.offset))
             self._caches[key] = (members, others)
         return self._caches[key]
+
+    def _native_shapes(self) -> dict[int, tuple[int, int, int, int]]:
+        """Per owned parameter position, its kernel meta ``(rows, width, first global row, 0)`` (cached)."""
+        if ("native_shapes",) not in self._caches:
+            lay = self._layout
+            self._caches[("native_shapes",)] = {pos: (r.n, lay.numel[pos] // r.n, r.offset, 0)
+                                             for pos, r in lay.rows.items()}
+        return self._caches[("native_shapes",)]
+
+    def _native_states(self) -> dict[int, dict[str, Any]]:
+        """``state[p]`` by parameter position, filled as parameters step (hashing a tensor costs a Python call);
+        a new ``state`` (a loaded state dict) starts it afresh."""
+        if self._native_state_of is not self.state:
+            self._native_state_of, self._native_state_by_pos = self.state, {}
+        return self._native_state_by_pos
 
     def _buffers_fit(self, pos: int, p: Tensor, bufs: tuple[Tensor | None, ...]) -> bool:
         """Whether the optimizer buffers of ``p`` are laid out like it (checked once per buffer object)."""
@@ -154,23 +172,17 @@ class NativePass:
     def _native_finish(self, work: StepWork) -> None:
         """The held updates ``x ← m·(a·x − α d)`` of this step, one kernel call per dtype."""
         by_kind: dict[torch.dtype, tuple[list, list, list[int], list[float]]] = {}
-        lay = self._layout
+        shape_of = self._native_shapes()
         for pos, p, src, step, adj in work.native_held:
             xs, srcs, meta, dmeta = by_kind.setdefault(p.dtype, ([], [], [], []))
-            rows = lay.rows[pos]
             xs.append(p)
             srcs.append(src)
-            meta += (rows.n, p.numel() // rows.n, rows.offset, 0)
+            meta += shape_of[pos]
             dmeta += (step, adj)
         for dtype, (xs, srcs, meta, dmeta) in by_kind.items():
             kind = (dtype, torch.device("cpu"))
             _native.finish(xs, srcs, meta, dmeta, fa=self._factor_bufs["ma"][kind], fm=self._factor_bufs["m"][kind],
                            held=work.held_rows)
-
-
-def _same(seen: tuple[Tensor, ...] | None, bufs: tuple[Tensor | None, ...]) -> bool:
-    """Whether ``bufs`` are the very tensors checked before (a loaded state dict brings new ones)."""
-    return seen is not None and all(a is b for a, b in zip(seen, bufs, strict=True))
 
 
 class _Batch:
