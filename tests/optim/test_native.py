@@ -95,9 +95,7 @@ def test_first_nonfinite_names_the_first_tensor_with_nan_or_inf(dtype):
 def _reference_sgd(x, g, b, keep, *, momentum, dampening, wd, fresh):
     """Spec §5.1 in float64: the direction d (and the new buffer) per element, keep applied per row."""
     k = keep[:, None]
-    if b is None:
-        return g * k + wd * x
-    if fresh:
+    if b is None or fresh:  # no buffer, or a fresh one: torch.optim.SGD starts it at ∇f + wd·x, no dampening
         return g * k + wd * x
     return (momentum * b + (1 - dampening) * g) * k + wd * (1 - dampening) * x
 

@@ -35,14 +35,15 @@ from torch import Tensor
 
 from otov3.errors import OptimizerError
 
-__all__ = ["FRESH", "HOLD", "PLAIN", "FACTORS", "SUMS", "adam", "available", "finish", "first_nonfinite", "group_sums",
-           "halfspace", "kind_ok", "row_factors", "sgd", "status"]
+__all__ = ["DTYPES", "FACTORS", "FRESH", "HOLD", "PLAIN", "SUMS", "adam", "available", "finish", "first_nonfinite",
+           "group_sums", "halfspace", "kind_ok", "row_factors", "sgd", "status"]
 
 _LOG = logging.getLogger(__name__)
 _SOURCES = ("fused.c", "rows.h")
 _FLAG_SETS = (["-O3", "-march=native"], ["-O3"])  # -march=native may be refused (cross compilers)
 _COMMON = ["-fno-math-errno", "-ffp-contract=off", "-fopenmp-simd", "-fPIC", "-shared", "-std=c11"]
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+DTYPES = tuple(_SUFFIX)  # the float types the kernels take
 _ABI = 6
 
 # Per-tensor flags of the kernels' meta (see rows.h): reductions wanted, a fresh SGD buffer, and what happens to x.

@@ -15,8 +15,6 @@ from torch import Tensor
 from otov3.optim import _native
 from otov3.optim._flat import sqrt_floor
 
-_KINDS = (torch.float32, torch.float64)
-
 if TYPE_CHECKING:
     from otov3.optim._pass import StepWork
 
@@ -37,8 +35,9 @@ class NativePass:
         batches: dict[torch.dtype, _Batch] = {}
         for pos, p, rows, width, row0 in members:
             g = grads[pos]
-            if g is None or pos in frozen or g.is_sparse or not (p.is_cpu and p.dtype in _KINDS and p.is_contiguous()
-                                                                 and g.is_contiguous() and p.numel() == rows * width):
+            if g is None or pos in frozen or g.is_sparse or not (
+                    p.is_cpu and p.dtype in _native.DTYPES and p.is_contiguous() and g.is_contiguous()
+                    and p.numel() == rows * width):
                 others.append((pos, p))
                 continue
             st = states.get(pos)
@@ -58,17 +57,17 @@ class NativePass:
                     and not self._buffers_fit(pos, p, bufs):  # identity: a loaded state dict brings new tensors
                 others.append((pos, p))
                 continue
-            hold = defer and pos in watch
-            flags = (_native.SUMS if pos in watch else 0) | (
+            watched = pos in watch
+            hold = defer and watched
+            flags = (_native.SUMS if watched else 0) | (
                 _native.HOLD if hold else _native.FACTORS if pos in hit else _native.PLAIN)
             batch = batches.get(p.dtype)
             if batch is None:
                 batch = batches[p.dtype] = _Batch()
-            batch.positions.append(pos)
             batch.xs.append(p)
             batch.gs.append(g)
             batch.meta += (rows, width, row0, flags)
-            batch.sums |= pos in watch
+            batch.sums |= watched
             if flags & _native.PLAIN == 0:
                 batch.settled.append(pos)
                 batch.factors |= not hold
@@ -189,7 +188,6 @@ class _Batch:
     """The tensors of one param group and dtype for one kernel call."""
 
     def __init__(self) -> None:
-        self.positions: list[int] = []
         self.xs: list[Tensor] = []
         self.gs: list[Tensor] = []
         self.bs: list[Tensor] = []

@@ -54,7 +54,7 @@ class RowOps:
     @property
     def _native_kinds(self) -> bool:
         """Whether every kind of row factor buffer is one the C kernels write (float32/float64 on the CPU)."""
-        return all(dev.type == "cpu" and dt in (torch.float32, torch.float64) for dt, dev in self._row_kinds)
+        return all(dev.type == "cpu" and dt in _native.DTYPES for dt, dev in self._row_kinds)
 
     def _factor_buf(self, name: str, kind: tuple[torch.dtype, torch.device]) -> Tensor:
         bufs = self._factor_bufs.setdefault(name, {})
